@@ -1,0 +1,69 @@
+"""CPEN: the compact IR prior extraction network (LQ [+ GT] -> 256-d IPR)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.config import ModelConfig
+
+LRELU_SLOPE = 0.1
+
+
+class ResBlock(nn.Module):
+    """conv -> LReLU -> conv plus identity, no activation after the sum (keys `body.0`, `body.2`)."""
+
+    def __init__(self, feats: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(feats, feats, 3, padding=1),
+            nn.LeakyReLU(LRELU_SLOPE),
+            nn.Conv2d(feats, feats, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class CPEN(nn.Module):
+    """Convolutional trunk `E`, global average pool, then the 2-layer `mlp`."""
+
+    def __init__(self, in_channels: int, n_resblocks: int, n_feats: int = 64) -> None:
+        super().__init__()
+        lrelu = nn.LeakyReLU(LRELU_SLOPE)
+        self.E = nn.Sequential(
+            nn.Conv2d(in_channels, n_feats, 3, padding=1),
+            lrelu,
+            *[ResBlock(n_feats) for _ in range(n_resblocks)],
+            nn.Conv2d(n_feats, 2 * n_feats, 3, padding=1),
+            lrelu,
+            nn.Conv2d(2 * n_feats, 2 * n_feats, 3, padding=1),
+            lrelu,
+            nn.Conv2d(2 * n_feats, 4 * n_feats, 3, padding=1),
+            lrelu,
+        )
+        self.mlp = nn.Sequential(
+            nn.Linear(4 * n_feats, 4 * n_feats),
+            lrelu,
+            nn.Linear(4 * n_feats, 4 * n_feats),
+            lrelu,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self.E(x.contiguous(memory_format=torch.channels_last))
+        return self.mlp(feat.mean(dim=(2, 3)))
+
+
+def _unshuffle(x: torch.Tensor, factor: int) -> torch.Tensor:
+    return F.pixel_unshuffle(x, factor) if factor > 1 else x
+
+
+def cpen_s2_input(config: ModelConfig, lq: torch.Tensor) -> torch.Tensor:
+    """CPEN_S2 sees only the degraded input, unshuffled to 1/4 of the output resolution."""
+    return _unshuffle(lq, config.cpen_s2_unshuffle)
+
+
+def cpen_s1_input(config: ModelConfig, lq: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """CPEN_S1 sees [degraded, ground truth], both at 1/4 of the output resolution."""
+    return torch.cat([cpen_s2_input(config, lq), F.pixel_unshuffle(gt, 4)], dim=1)
