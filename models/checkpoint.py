@@ -78,6 +78,8 @@ def canonicalize(sd: Mapping[str, torch.Tensor], source: str) -> dict[str, torch
     out: dict[str, torch.Tensor] = {}
     aliased: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{source}: entry {key!r} is not a tensor ({type(value).__name__})")
         if key.startswith("module."):
             key = key[len("module.") :]
         alias = next((a for a in _ALIASES if key.startswith(a)), None)
