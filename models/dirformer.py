@@ -102,7 +102,8 @@ class DIRformer(nn.Module):
         y = F.pixel_shuffle(F.conv2d(y, up1.weight, up1.bias, padding=1), 2)
         y = F.pixel_shuffle(F.conv2d(y, up2.weight, up2.bias, padding=1), 2)
         y = F.conv2d(y, self.tail[1].weight, self.tail[1].bias, padding=1)
-        base = lq if cfg.scale == 1 else lq.repeat_interleave(cfg.scale, 2).repeat_interleave(cfg.scale, 3)
+        # Nearest-neighbour upsampling by an integer factor replicates each LQ pixel s x s times.
+        base = lq if cfg.scale == 1 else F.interpolate(lq, scale_factor=cfg.scale, mode="nearest")
         return (y + base).contiguous()
 
     @staticmethod

@@ -57,12 +57,13 @@ class ChannelLayerNorm(nn.Module):
     def __init__(self, dim: int, kind: LayerNormType) -> None:
         super().__init__()
         self.kind = kind
+        self.dim = dim
         self.body = _NormParams(dim, with_bias=kind == "with_bias")
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised NHWC tensor *without* the affine part (it is fused downstream)."""
         if self.kind == "with_bias":
-            return F.layer_norm(x, (x.shape[-1],), eps=LN_EPS)
+            return F.layer_norm(x, (self.dim,), eps=LN_EPS)
         var = x.var(dim=-1, keepdim=True, unbiased=False)
         return x * torch.rsqrt(var + LN_EPS)
 

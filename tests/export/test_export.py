@@ -1,0 +1,100 @@
+"""ONNX / TorchScript export: checked graphs, dynamic shapes, explicit noise, sidecars."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+from models import DiffIRS2, ModelConfig, config_from_official_kwargs, save_checkpoint
+from models.config import CPENConfig, DIRformerConfig
+from training.export import ExportOptions, export, main
+
+FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "fixtures"
+
+
+def _tiny_checkpoint(tmp_path: Path, kind: str, scale: int = 1) -> Path:
+    cfg = ModelConfig(
+        name=f"tiny-{kind}-x{scale}",
+        kind=kind,  # type: ignore[arg-type]
+        scale=scale,
+        dirformer=DIRformerConfig(dim=8, num_blocks=(1, 1, 1, 2), num_refinement_blocks=0 if kind == "inpaint" else 1),
+        cpen=CPENConfig(n_resblocks=1),
+    )
+    torch.manual_seed(0)
+    return save_checkpoint(DiffIRS2(cfg), tmp_path / cfg.name, provenance={"made_by": "test"})
+
+
+def test_all_graphs_and_formats_pass_parity(tmp_path):
+    ckpt = _tiny_checkpoint(tmp_path, "inpaint")
+    report = export(ckpt, tmp_path / "out")
+    names = set(report["artifacts"])
+    assert names == {f"tiny-inpaint-x1.{g}.{f}" for g in ("full", "prior", "restorer") for f in ("onnx", "ts")}
+    for name, entry in report["artifacts"].items():
+        assert entry["ok"] and entry["worst_rel_max_err"] <= 1e-4, name
+        meta = json.loads((tmp_path / "out" / name).with_suffix(".json").read_text())
+        assert meta["variant"] == "tiny-inpaint-x1" and meta["provenance"] == {"made_by": "test"}
+        checks = meta["parity"]["checks"]
+        assert {c["batch"] for c in checks} == {1, 3} and len({(c["height"], c["width"]) for c in checks}) == 2
+    model = onnx.load(str(tmp_path / "out" / "tiny-inpaint-x1.full.onnx"))
+    assert model.opset_import[0].version >= 17
+    dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims[0] and dims[2] and dims[3], "batch, height and width must be dynamic"
+    assert [i.name for i in model.graph.input] == ["lq", "noise"]
+    assert not any(n.op_type.startswith("Random") for n in model.graph.node), "noise must be an input"
+
+
+def test_official_checkpoint_export_reproduces_official_output(tmp_path):
+    """ONNX Runtime on an exported official SR x2 checkpoint matches the official output."""
+    import onnxruntime as ort
+
+    fx = torch.load(FIXTURES / "srgan-x2-tiny" / "fixtures.pt", weights_only=True)
+    cfg = config_from_official_kwargs("srgan-x2-tiny", "sr", fx["meta"]["s2_kwargs"], scale=2)
+    from models import load_model
+
+    ours = save_checkpoint(load_model(FIXTURES / "srgan-x2-tiny" / "state_dict.pth", variant=cfg), tmp_path / "x2")
+    export(ours, tmp_path / "out", options=ExportOptions(graphs=("full",), formats=("onnx",)))
+    session = ort.InferenceSession(str(tmp_path / "out" / "x2.full.onnx"), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"lq": fx["lq"].numpy(), "noise": fx["x_T"].numpy()})[0]
+    rel = (torch.from_numpy(out) - fx["out_s2"]).abs().max() / fx["out_s2"].abs().max()
+    assert rel <= 1e-5
+
+
+def test_tiled_restoration_is_possible_with_split_graphs(tmp_path):
+    """prior + restorer compose to full, so an IPR from one image can drive DIRformer on tiles."""
+    import onnxruntime as ort
+
+    ckpt = _tiny_checkpoint(tmp_path, "sr", 4)
+    export(ckpt, tmp_path / "o", options=ExportOptions(formats=("onnx",)))
+    sess = {
+        g: ort.InferenceSession(str(tmp_path / "o" / f"tiny-sr-x4.{g}.onnx")) for g in ("full", "prior", "restorer")
+    }
+    lq = torch.rand(1, 3, 16, 24).numpy()
+    noise = torch.randn(1, 256).numpy()
+    full = sess["full"].run(None, {"lq": lq, "noise": noise})[0]
+    ipr = sess["prior"].run(None, {"lq": lq, "noise": noise})[0]
+    split = sess["restorer"].run(None, {"lq": lq, "ipr": ipr})[0]
+    assert full.shape == (1, 3, 64, 96)
+    assert abs(full - split).max() <= 1e-5
+
+
+def test_cli_rejects_unknown_graph(tmp_path, capsys):
+    ckpt = _tiny_checkpoint(tmp_path, "deblur")
+    with pytest.raises(SystemExit):
+        main([str(ckpt), "--out", str(tmp_path), "--graphs", "everything"])
+    assert "unknown graph" in capsys.readouterr().err
+
+
+def test_cli_exports_torchscript(tmp_path, capsys):
+    ckpt = _tiny_checkpoint(tmp_path, "deblur")
+    assert main([str(ckpt), "--out", str(tmp_path / "ts"), "--graphs", "full", "--formats", "torchscript"]) == 0
+    loaded = torch.jit.load(str(tmp_path / "ts" / "tiny-deblur-x1.full.ts"))
+    lq, noise = torch.rand(2, 3, 24, 40), torch.randn(2, 256)
+    from models import load_model
+
+    with torch.no_grad():
+        assert torch.allclose(loaded(lq, noise), load_model(ckpt)(lq, noise=noise), atol=1e-5)
+    assert "ok=True" in capsys.readouterr().out
