@@ -608,6 +608,10 @@
         const { code, message } = await readApiError(xhr.status, xhr.statusText, xhr.response);
         showError(message, [code && `code: ${code}`, `HTTP ${xhr.status}`, requestId && `request id: ${requestId}`]);
         setStatus("");
+        if (xhr.status === 401) {
+          els.apiKey.closest("details").open = true;
+          els.apiKey.focus();
+        }
       }
       setBusy(false);
     };

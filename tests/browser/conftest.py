@@ -1,0 +1,238 @@
+"""End-to-end fixtures for the web page: a real service process with tiny random-weight models, and
+headless Debian Chromium driven by Playwright (never a downloaded browser).
+
+The server runs with an API key and small pixel caps so the page's key handling and its client-side
+limit checks are exercised against the server's own numbers. Screenshots go to test-output/browser/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTPUT = ROOT / "test-output" / "browser"
+CHROMIUM = Path(os.environ.get("DIFFIR_TEST_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+API_KEY = "browser-test-key"
+MAX_INPUT_PIXELS = 200 * 200
+MAX_OUTPUT_PIXELS = 300 * 300
+MAX_BODY_BYTES = 4 * 1024 * 1024
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package")
+if not CHROMIUM.exists():
+    pytest.skip(f"no Chromium at {CHROMIUM} (make system-deps installs it)", allow_module_level=True)
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    api_key: str
+    kind: str  # "service" (the real one) or "stub"
+
+    def post(self, task: str, files: dict, **params: str) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        return httpx.post(f"{self.url}restore/{task}", files=files, params=params, headers=headers, timeout=60)
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tiny_checkpoints(folder: Path) -> dict[str, dict[str, str]]:
+    import torch
+
+    from models import CPENConfig, DiffIRS2, DIRformerConfig, ModelConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    tasks = {}
+    for task, kind, scale in (("deblur", "deblur", 1), ("sr-x4", "sr", 4), ("inpaint", "inpaint", 1)):
+        cfg = ModelConfig(
+            name=f"tiny-{task}",
+            kind=kind,
+            scale=scale,
+            dirformer=DIRformerConfig(
+                dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=0 if kind == "inpaint" else 1
+            ),
+            cpen=CPENConfig(n_resblocks=1),
+        )
+        path = save_checkpoint(DiffIRS2(cfg).eval(), folder / f"tiny-{task}")
+        tasks[task] = {"checkpoint": str(path)}
+    return tasks
+
+
+def _start(cmd: list[str], env: dict[str, str], log_path: Path, url: str) -> subprocess.Popen:
+    log = log_path.open("wb")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            break
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "tasks", timeout=2).status_code == 200:
+                return proc
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    tail = log_path.read_text(errors="replace")[-3000:]
+    pytest.fail(f"server did not become ready: {' '.join(cmd)}\n{tail}")
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The real service (`python -m service`) on a free loopback port, tiny models, an API key."""
+    folder = tmp_path_factory.mktemp("browser-server")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = {
+        **os.environ,
+        "DIFFIR_API_KEY": API_KEY,
+        "DIFFIR_DEVICE": "cpu",
+        "DIFFIR_TORCH_THREADS": "1",
+        "DIFFIR_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
+        "DIFFIR_MAX_INPUT_PIXELS": str(MAX_INPUT_PIXELS),
+        "DIFFIR_MAX_OUTPUT_PIXELS": str(MAX_OUTPUT_PIXELS),
+        "DIFFIR_WARMUP_SIZE": "16",
+        "DIFFIR_LOG_JSON": "false",
+        "DIFFIR_LOG_LEVEL": "warning",
+    }
+    if (ROOT / "service" / "__main__.py").exists():
+        kind = "service"
+        env["DIFFIR_TASKS"] = json.dumps(_tiny_checkpoints(folder / "models"))
+        cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
+    else:  # until the service lands: its HTTP contract, stubbed (tests/browser/stub_app.py)
+        kind = "stub"
+        cmd = [sys.executable, "-m", "uvicorn", "tests.browser.stub_app:app", "--host", "127.0.0.1"]
+        cmd += ["--port", str(port), "--log-level", "warning"]
+    proc = _start(cmd, env, folder / "server.log", url)
+    try:
+        yield Server(url=url, api_key=API_KEY, kind=kind)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[sync_api.Browser]:
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+# Chromium does not hand multipart bodies with files to the driver, so the tests record what the page
+# sends from inside: every FormData given to XMLHttpRequest.send, files as byte arrays.
+RECORD_SENT_FORMS = """
+window.__sentForms = [];
+const originalSend = XMLHttpRequest.prototype.send;
+XMLHttpRequest.prototype.send = function (body) {
+  if (body instanceof FormData) {
+    const entries = [...body.entries()];
+    window.__sentForms.push(Promise.all(entries.map(async ([name, value]) => [name, value instanceof Blob
+      ? { filename: value.name ?? null, type: value.type, bytes: Array.from(new Uint8Array(await value.arrayBuffer())) }
+      : { value }])));
+  }
+  return originalSend.call(this, body);
+};
+"""
+
+
+def sent_form(page) -> dict[str, dict]:
+    """The last multipart form the page sent: {field: {"filename", "type", "bytes"} or {"value"}}."""
+    entries = page.evaluate("async () => await window.__sentForms.at(-1)")
+    form = {}
+    for name, value in entries:
+        assert name not in form, f"field {name!r} sent twice"
+        if "bytes" in value:
+            value["bytes"] = bytes(value["bytes"])
+        form[name] = value
+    return form
+
+
+class PageErrors(list):
+    """Uncaught exceptions in the page; every test asserts there were none."""
+
+
+@pytest.fixture
+def open_page(browser: sync_api.Browser, server: Server):
+    """`open_page(viewport=..., key=True)` -> a loaded page (tasks listed), API key typed in."""
+    contexts = []
+    errors = PageErrors()
+
+    def _open(viewport: dict | None = None, key: bool = True, **context_args) -> sync_api.Page:
+        ctx = browser.new_context(
+            viewport=viewport or {"width": 1280, "height": 900}, accept_downloads=True, **context_args
+        )
+        contexts.append(ctx)
+        ctx.add_init_script(RECORD_SENT_FORMS)
+        page = ctx.new_page()
+        page.set_default_timeout(30_000)
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(server.url)
+        page.wait_for_selector("body[data-state=idle]")
+        if key:
+            page.locator("details.options summary").click()
+            page.get_by_label("API key").fill(server.api_key)
+        return page
+
+    yield _open
+    for ctx in contexts:
+        ctx.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture(scope="session")
+def shots() -> Path:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    return OUTPUT
+
+
+def make_image(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A smooth colour gradient with soft texture: every pixel distinct enough to see changes."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([x / max(width - 1, 1), y / max(height - 1, 1), 0.5 + 0.5 * np.sin((x + y) / 5)], axis=-1)
+    img = 40 + 170 * base + rng.normal(0, 6, size=(height, width, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_file(tmp_path: Path):
+    """`image_file(w, h, name=...)` -> path of a PNG test image."""
+
+    def _make(width: int, height: int, name: str = "scene.png", seed: int = 0) -> Path:
+        path = tmp_path / name
+        Image.fromarray(make_image(width, height, seed)).save(path)
+        return path
+
+    return _make
