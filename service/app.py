@@ -1,0 +1,159 @@
+"""`create_app(settings)`: the FastAPI application, built from settings with no global state.
+
+The lifespan loads the models (unless the caller already did, as `python -m service` does to
+report start-up faults in one line before binding the port), starts one batcher per task, warms
+every task in the background (`/readyz` turns 200 afterwards), and on shutdown drains: new
+requests are refused while queued and running ones finish, within `DIFFIR_DRAIN_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CollectorRegistry
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import routes
+from service.errors import ServiceError
+from service.logs import configure_logging, log_event
+from service.metrics import Metrics
+from service.restore import error_response
+from service.restore import router as restore_router
+from service.runtime.base import Backend
+from service.settings import Settings
+from service.state import ServiceState, load_backends
+
+WEB_DIR = Path(__file__).resolve().parent / "web" / "static"
+_GOOD_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestContext:
+    """Pure ASGI middleware: request id in, `X-Request-ID` out, one JSON access-log line."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _GOOD_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started, status = time.perf_counter(), 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            fields = scope["state"].get("log_fields", {})
+            log_event(
+                "request",
+                request_id=request_id,
+                method=scope.get("method"),
+                path=scope.get("path"),
+                status=status,
+                ms=round((time.perf_counter() - started) * 1000, 2),
+                **fields,
+            )
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    def rid(request: Request) -> str | None:
+        return getattr(request.state, "request_id", None)
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return error_response(exc, rid(request))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:])}: {e.get('msg')}" for e in exc.errors()]
+        return error_response(ServiceError("bad_parameter", "; ".join(parts) or "invalid parameters"), rid(request))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        if code is None:
+            body = {"code": f"http_{exc.status_code}", "message": str(exc.detail), "request_id": rid(request)}
+            return JSONResponse(body, status_code=exc.status_code)
+        return error_response(ServiceError(code, str(exc.detail)), rid(request))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log_event("unhandled error", logging.ERROR, request_id=rid(request), error=repr(exc))
+        return error_response(ServiceError("internal_error", "unexpected server error"), rid(request))
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    registry: CollectorRegistry | None = None,
+    backends: dict[str, Backend] | None = None,
+) -> FastAPI:
+    """Build the app; `backends` (already loaded) skips loading in the lifespan."""
+    settings = settings or Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    metrics = Metrics(registry or CollectorRegistry())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loaded = backends if backends is not None else await run_in_threadpool(load_backends, settings)
+        state = ServiceState(settings, metrics, loaded)
+        app.state.service = state
+        state.start()
+        warm = asyncio.create_task(state.warm_up())
+        metrics_server = None
+        if settings.metrics_port:
+            from prometheus_client import start_http_server
+
+            metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
+        log_event("started", tasks=list(state.tasks), metrics_port=settings.metrics_port)
+        try:
+            yield
+        finally:
+            state.set_draining()
+            if not warm.done():
+                warm.cancel()
+            await asyncio.gather(warm, return_exceptions=True)
+            await state.stop()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+            log_event("stopped")
+
+    app = FastAPI(
+        title="diffir-serve",
+        summary="DiffIR image restoration with dynamic batching",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.add_middleware(RequestContext)
+    _install_error_handlers(app)
+    app.include_router(restore_router)
+    app.include_router(routes.router)
+    if not settings.metrics_port:
+        app.add_api_route("/metrics", routes.metrics, methods=["GET"], summary="Prometheus metrics")
+    if WEB_DIR.is_dir():
+        app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
+    return app

@@ -1,0 +1,137 @@
+"""One task's model work: jobs in, restored images out (runs on the inference thread).
+
+The engine owns the task-specific tensor plumbing so the batcher stays generic: the inpainting
+input `[image * (1 - mask), mask]` and the official composite `mask * pred + (1 - mask) * image`,
+padding to the shape bucket and cropping back, the per-request seed rule (one noise row per
+request, concatenated, so a result never depends on what else was in its batch), and the
+switch to tiled restoration for large inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from models.diffir import noise_for_seed
+from models.sizing import pad_bottom_right, padded_size
+from service.runtime.base import Backend
+from service.tiling import restore_tiled
+
+
+@dataclass
+class Job:
+    """One request's decoded input: (1, 3, h, w) RGB in [0, 1], an optional (1, 1, h, w) 0/1 mask."""
+
+    image: torch.Tensor
+    mask: torch.Tensor | None
+    seed: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.image.shape[-2]), int(self.image.shape[-1])
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    tile_size: int
+    tile_overlap: int
+    tile_threshold_pixels: int
+    bucket_multiple: int
+
+
+class Engine:
+    """Stateless apart from the backend; `run_batch` is called from one thread at a time."""
+
+    def __init__(self, name: str, backend: Backend, limits: EngineLimits) -> None:
+        self.name = name
+        self.backend = backend
+        self.info = backend.info
+        self.limits = limits
+
+    # --- batching keys ----------------------------------------------------------------------
+    def tiled(self, job: Job) -> bool:
+        h, w = job.size
+        return self.backend.supports_tiling and h * w > self.limits.tile_threshold_pixels
+
+    def bucket(self, job: Job) -> Any:
+        """Requests with equal keys run in one batch: the padded (H, W); tiled jobs run alone."""
+        if self.tiled(job):
+            return ("tiled", id(job))
+        multiple = self.info.size_multiple
+        if self.limits.bucket_multiple:
+            multiple = -(-max(multiple, self.limits.bucket_multiple) // multiple) * multiple
+        return padded_size(*job.size, multiple)
+
+    # --- model work -------------------------------------------------------------------------
+    def network_input(self, job: Job) -> torch.Tensor:
+        if not self.info.needs_mask:
+            return job.image
+        assert job.mask is not None
+        return torch.cat([job.image * (1 - job.mask), job.mask], dim=1)
+
+    def noise(self, jobs: list[Job]) -> torch.Tensor:
+        return torch.cat([noise_for_seed(j.seed, 1, self.info.ipr_dim) for j in jobs])
+
+    def run_batch(self, jobs: list[Job]) -> list[torch.Tensor]:
+        """Restore jobs of one bucket; returns one (1, 3, h*s, w*s) tensor per job, same order."""
+        if len(jobs) == 1 and self.tiled(jobs[0]):
+            outputs = [self._run_tiled(jobs[0])]
+        else:
+            outputs = self._run_padded(jobs)
+        return [self._finish(job, out) for job, out in zip(jobs, outputs)]
+
+    def _run_padded(self, jobs: list[Job]) -> list[torch.Tensor]:
+        keys = {self.bucket(j) for j in jobs}
+        if len(keys) != 1:
+            raise ValueError(f"jobs of different buckets in one batch: {sorted(map(str, keys))}")
+        (ph, pw) = keys.pop()
+        batch = torch.cat(
+            [pad_bottom_right(self.network_input(j), ph, pw, self.info.pad_mode) for j in jobs]  # type: ignore[arg-type]
+        )
+        out = self.backend.run(batch.contiguous(), self.noise(jobs))
+        if out.shape[0] != len(jobs):
+            raise RuntimeError(f"backend returned {out.shape[0]} outputs for {len(jobs)} inputs")
+        s = self.info.scale
+        return [out[i : i + 1, :, : j.size[0] * s, : j.size[1] * s] for i, j in enumerate(jobs)]
+
+    def _run_tiled(self, job: Job) -> torch.Tensor:
+        x = self.network_input(job)
+        ph, pw = padded_size(*job.size, self.info.size_multiple)
+        whole = pad_bottom_right(x, ph, pw, self.info.pad_mode)  # type: ignore[arg-type]
+        ipr = self.backend.prior(whole, self.noise([job]))
+        del whole
+        return restore_tiled(
+            x,
+            ipr,
+            self.backend.restore,
+            tile_size=self.limits.tile_size,
+            overlap=self.limits.tile_overlap,
+            multiple=self.info.size_multiple,
+            pad_mode=self.info.pad_mode,
+            scale=self.info.scale,
+        )
+
+    def _finish(self, job: Job, out: torch.Tensor) -> torch.Tensor:
+        out = out.clamp(0, 1)
+        if self.info.needs_mask:
+            assert job.mask is not None
+            out = job.mask * out + (1 - job.mask) * job.image
+        return out
+
+    def warmup(self, size: int, batch_sizes: tuple[int, ...]) -> None:
+        """Run the model once per batch size at a small shape (allocators, kernels, ORT graphs)."""
+        if size <= 0:
+            return
+        for b in sorted(set(batch_sizes)):
+            jobs = [
+                Job(
+                    torch.full((1, 3, size, size), 0.5),
+                    torch.zeros((1, 1, size, size)) if self.info.needs_mask else None,
+                    seed=i,
+                )
+                for i in range(b)
+            ]
+            self.run_batch(jobs)

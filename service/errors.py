@@ -1,0 +1,74 @@
+"""Every error the service returns: one exception type with a stable machine-readable code.
+
+Handlers and helpers raise `ServiceError`; the app turns it into
+`{"code": ..., "message": ..., "request_id": ...}` with the right HTTP status. Keeping the codes in
+one table makes them easy to document, to test one by one, and to keep stable for clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    code: str
+    status: int
+    summary: str
+
+
+# The stable codes (documented in README "## Service errors"); status first, then the code.
+ERRORS: dict[str, ErrorKind] = {
+    e.code: e
+    for e in (
+        ErrorKind("bad_multipart", 400, "the multipart body could not be parsed"),
+        ErrorKind("unauthorized", 401, "missing or wrong API key"),
+        ErrorKind("unknown_task", 404, "no such task is configured"),
+        ErrorKind("not_found", 404, "no such path"),
+        ErrorKind("method_not_allowed", 405, "method not allowed on this path"),
+        ErrorKind("body_too_large", 413, "the request body exceeds the byte cap"),
+        ErrorKind("too_many_pixels", 413, "the input image exceeds the pixel cap"),
+        ErrorKind("output_too_large", 413, "the output image would exceed the output pixel cap"),
+        ErrorKind("unsupported_media_type", 415, "the body is neither multipart/form-data nor image/*"),
+        ErrorKind("unsupported_encoding", 415, "compressed request bodies are not accepted"),
+        ErrorKind("unsupported_format", 415, "the image format is not on the allow-list"),
+        ErrorKind("missing_image", 422, "no `image` part / empty body"),
+        ErrorKind("duplicate_part", 422, "a form field was sent more than once"),
+        ErrorKind("unexpected_field", 422, "a form field this task does not take"),
+        ErrorKind("undecodable_image", 422, "the image is truncated or corrupt"),
+        ErrorKind("multi_frame_image", 422, "animated or multi-page images are not accepted"),
+        ErrorKind("missing_mask", 422, "the task needs a `mask` part"),
+        ErrorKind("bad_mask", 422, "the mask is undecodable or not the image's size"),
+        ErrorKind("bad_parameter", 422, "a query parameter is invalid"),
+        ErrorKind("client_closed_request", 499, "the client went away while the request was queued"),
+        ErrorKind("internal_error", 500, "the model failed on this batch"),
+        ErrorKind("queue_full", 503, "the task's queue is full; retry after Retry-After seconds"),
+        ErrorKind("draining", 503, "the server is shutting down"),
+        ErrorKind("deadline_exceeded", 504, "the request was not served within the deadline"),
+    )
+}
+
+
+@dataclass
+class ServiceError(Exception):
+    """Raised anywhere in the request path; carries the stable code and a human message."""
+
+    code: str
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.code not in ERRORS:
+            raise ValueError(f"undeclared error code {self.code!r}")
+        super().__init__(self.message)
+
+    @property
+    def status(self) -> int:
+        return ERRORS[self.code].status
+
+    def body(self, request_id: str | None) -> dict[str, str | None]:
+        return {"code": self.code, "message": self.message, "request_id": request_id}
+
+
+class StartupError(RuntimeError):
+    """A configuration or model-file problem that must stop start-up with one clear line."""

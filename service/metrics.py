@@ -1,0 +1,76 @@
+"""Prometheus metrics on an injected registry (names fixed: dashboards and alerts use them).
+
+Labels are bounded: `task` is a configured task name (or `_unknown`), `code` an HTTP status,
+`reason` one of a fixed set, `backend`/`provider`/`variant`/`version` come from configuration.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+PIXEL_BUCKETS = tuple(float(s * s) for s in (64, 128, 256, 512, 1024, 2048, 4096, 8192))
+UNKNOWN_TASK = "_unknown"
+
+
+class Metrics:
+    """Every metric of the service, created once per app on the registry it is given."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "diffir_requests", "Restore requests by final HTTP status", ["task", "code"], registry=registry
+        )
+        self.request_duration = Histogram(
+            "diffir_request_duration_seconds",
+            "Wall time of restore requests, body read to response",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "diffir_queue_wait_seconds",
+            "Time from enqueue to batch start",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.inference = Histogram(
+            "diffir_inference_duration_seconds",
+            "Model time per batch",
+            ["task", "backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "diffir_batch_size", "Requests per model call", ["task"], buckets=BATCH_BUCKETS, registry=registry
+        )
+        self.queue_depth = Gauge("diffir_queue_depth", "Requests waiting per task", ["task"], registry=registry)
+        self.rejected = Counter(
+            "diffir_rejected",
+            "Requests refused or dropped (queue_full, draining, deadline, expired, too_large, bad_input, ...)",
+            ["task", "reason"],
+            registry=registry,
+        )
+        self.input_pixels = Histogram(
+            "diffir_input_pixels",
+            "Input pixels per accepted image",
+            ["task"],
+            buckets=PIXEL_BUCKETS,
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            "diffir_model_info",
+            "Loaded model per task (value 1)",
+            ["task", "variant", "backend", "provider", "version"],
+            registry=registry,
+        )
+        self.disconnected = Counter(
+            "diffir_disconnected",
+            "Requests whose client went away while queued (not computed)",
+            ["task"],
+            registry=registry,
+        )
+        self.ready = Gauge("diffir_ready", "1 when every task is loaded and warmed and not draining", registry=registry)
+        self.ready.set(0)

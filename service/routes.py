@@ -1,0 +1,71 @@
+"""Thin read-only endpoints: `/healthz`, `/readyz`, `/tasks`, `/metrics`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.imaging.formats import ALLOWED_FORMATS, OUTPUT_FORMATS
+from service.state import ServiceState, TaskRuntime
+
+router = APIRouter()
+
+
+def _state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+@router.get("/healthz", summary="the process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="200 only when every task is loaded and warmed (503 before and while draining)")
+async def readyz(request: Request) -> JSONResponse:
+    state = _state(request)
+    if state.ready:
+        return JSONResponse({"status": "ready"})
+    status = "draining" if state.draining else "warming"
+    return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": "1"})
+
+
+def describe_task(rt: TaskRuntime, state: ServiceState) -> dict:
+    info, backend, s = rt.engine.info, rt.engine.backend, state.settings
+    scale2 = info.scale * info.scale
+    return {
+        "name": rt.name,
+        "variant": info.variant,
+        "kind": info.kind,
+        "scale": info.scale,
+        "needs_mask": info.needs_mask,
+        "backend": backend.name,
+        "provider": backend.provider,
+        "version": info.version,
+        "sha256": info.sha256,
+        "model_file": Path(info.source).name,
+        "tiling": backend.supports_tiling,
+        "limits": {
+            "max_body_bytes": s.max_body_bytes,
+            "max_input_pixels": min(s.max_input_pixels, s.max_output_pixels // scale2),
+            "max_output_pixels": s.max_output_pixels,
+            "tile_threshold_pixels": s.tile_threshold_pixels,
+            "max_batch_size": s.max_batch_size,
+            "queue_size": s.queue_size,
+            "deadline_s": s.deadline_s,
+        },
+        "formats": {"input": list(ALLOWED_FORMATS), "output": list(OUTPUT_FORMATS)},
+    }
+
+
+@router.get("/tasks", summary="each task's model, backend, real execution provider and limits")
+async def tasks(request: Request) -> dict:
+    state = _state(request)
+    return {"tasks": [describe_task(rt, state) for rt in state.tasks.values()], "ready": state.ready}
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format from the app's own registry."""
+    return Response(generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)

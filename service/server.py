@@ -1,0 +1,76 @@
+"""Run the app under uvicorn: one-line start-up faults, drain on SIGTERM/SIGINT.
+
+On a stop signal the service first turns not-ready and refuses new restore requests (503
+`draining`), then uvicorn stops accepting connections and waits up to `DIFFIR_DRAIN_SECONDS`
+for accepted requests, which the still-running batchers finish; then the lifespan closes them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from service.errors import StartupError
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m service", description="Serve DiffIR restoration over HTTP.")
+    parser.add_argument("--host", help="bind address (default DIFFIR_HOST or 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (default DIFFIR_PORT or 8000)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="DIFFIR_LOG_LEVEL")
+    return parser.parse_args(argv)
+
+
+def load_settings(overrides: dict[str, Any]) -> Any:
+    """Settings from the environment plus CLI overrides, or `StartupError` with one line."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from service.settings import Settings, describe_validation_error
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except (ValidationError, SettingsError, ValueError) as exc:
+        raise StartupError(describe_validation_error(exc)) from None
+
+
+def main(argv: list[str]) -> int:
+    args = _parse(argv)
+    try:
+        settings = load_settings({"host": args.host, "port": args.port, "log_level": args.log_level})
+    except StartupError as exc:
+        print(f"diffir-serve: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    from service.app import create_app
+    from service.state import load_backends
+
+    try:
+        backends = load_backends(settings)
+    except StartupError as exc:
+        print(f"diffir-serve: cannot start: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(settings, backends=backends)
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            state = getattr(app.state, "service", None)
+            if state is not None:
+                state.set_draining()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning" if settings.log_level == "info" else settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=max(int(settings.drain_seconds), 1),
+        lifespan="on",
+    )
+    server = DrainingServer(config)
+    print(f"diffir-serve: listening on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
+    server.run()
+    return 0

@@ -1,0 +1,151 @@
+r"""Service settings: environment variables with the prefix `DIFFIR_`, validated once at start-up.
+
+Every setting (environment variable, default, meaning):
+
+| variable | default | meaning |
+|---|---|---|
+| `DIFFIR_HOST` | `127.0.0.1` | address to bind (`python -m service --host` overrides) |
+| `DIFFIR_PORT` | `8000` | port to bind (`--port` overrides) |
+| `DIFFIR_API_KEY` | unset | when set, `POST /restore/*` needs `Authorization: Bearer <key>` or `X-API-Key: <key>` |
+| `DIFFIR_DEVICE` | `auto` | `auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N` |
+| `DIFFIR_BACKEND` | `torch` | default backend: `torch` (eager), `torchscript`, `onnxruntime` |
+| `DIFFIR_PRECISION` | `fp32` | torch eager on CUDA only: `fp32`, `fp16`, `bf16` (CPU always runs fp32) |
+| `DIFFIR_TORCH_THREADS` | unset | intra-op threads for torch and ONNX Runtime (unset: library default) |
+| `DIFFIR_MAX_BATCH_SIZE` | `4` | most requests run in one model call (1 turns batching off) |
+| `DIFFIR_MAX_WAIT_MS` | `5` | how long the oldest queued request waits for others to join its batch |
+| `DIFFIR_QUEUE_SIZE` | `32` | queued requests per task; beyond it: 503 `queue_full` with `Retry-After` |
+| `DIFFIR_DEADLINE_S` | `60` | a request not answered within this many seconds gets 504 `deadline_exceeded` |
+| `DIFFIR_RETRY_AFTER_S` | `1` | value of `Retry-After` on 503 responses |
+| `DIFFIR_MAX_BODY_BYTES` | `33554432` | request body cap in bytes (32 MiB); 413 `body_too_large` |
+| `DIFFIR_MAX_INPUT_PIXELS` | `16777216` | input pixel cap (4096²), checked from the header; 413 `too_many_pixels` |
+| `DIFFIR_MAX_OUTPUT_PIXELS` | `16777216` | output pixel cap (e.g. 1024² × 4 for `sr-x4`); 413 `output_too_large` |
+| `DIFFIR_TILE_SIZE` | `512` | tile edge (input pixels) for large images |
+| `DIFFIR_TILE_OVERLAP` | `32` | overlap between neighbouring tiles (input pixels), blended with a linear feather |
+| `DIFFIR_TILE_THRESHOLD_PIXELS` | `1048576` | larger inputs are restored in tiles (one global IPR) |
+| `DIFFIR_BUCKET_MULTIPLE` | `0` | pad sizes up to a multiple of this to batch more (0: the model's multiple) |
+| `DIFFIR_MASK_THRESHOLD` | `0.5` | a mask pixel is a hole when its luminance (× alpha) is at least this (0–1) |
+| `DIFFIR_PNG_COMPRESS_LEVEL` | `3` | zlib level of PNG responses (0–9) |
+| `DIFFIR_WARMUP_SIZE` | `64` | edge of the square warm-up input run at batch 1 and at the max batch before ready |
+| `DIFFIR_TASKS` | unset | JSON: task -> `{"checkpoint"\|"artifact": path, "variant", "backend"}` (unset: defaults) |
+| `DIFFIR_DRAIN_SECONDS` | `30` | on SIGTERM: stop accepting, finish what was accepted, exit within this many seconds |
+| `DIFFIR_METRICS_PORT` | unset | serve `/metrics` on this separate port (same host) instead of the main one |
+| `DIFFIR_LOG_LEVEL` | `info` | `debug`, `info`, `warning`, `error` |
+| `DIFFIR_LOG_JSON` | `true` | structured JSON log lines (request id, task, status, timings; never image data) |
+
+`DIFFIR_TASKS` entries: exactly one of `checkpoint` (a `.safetensors` with sidecar, or an official
+`.pth`/`.ckpt`; torch backend) or `artifact` (an exported `<name>.<graph>.onnx` / `.ts`; the backend
+follows the suffix, and the sibling `prior`/`restorer` graphs enable tiling when present). `variant`
+names a preset (needed for official checkpoints whose architecture is ambiguous). A task named like
+one of `models.tasks.TASKS` may omit the path to use its shipped default checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BackendName = Literal["torch", "torchscript", "onnxruntime"]
+TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+ARTIFACT_SUFFIXES: dict[str, BackendName] = {".onnx": "onnxruntime", ".ts": "torchscript", ".pt": "torchscript"}
+
+
+class TaskSettings(BaseModel):
+    """Where one task's model comes from and how it runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    checkpoint: Path | None = None
+    artifact: Path | None = None
+    variant: str | None = None
+    backend: BackendName | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TaskSettings:
+        if self.checkpoint is not None and self.artifact is not None:
+            raise ValueError("give either `checkpoint` or `artifact`, not both")
+        if self.artifact is not None:
+            expected = ARTIFACT_SUFFIXES.get(self.artifact.suffix)
+            if expected is None:
+                raise ValueError(f"artifact {self.artifact} must end in {', '.join(ARTIFACT_SUFFIXES)}")
+            if self.backend not in (None, expected):
+                raise ValueError(f"artifact {self.artifact.name} runs on {expected}, not {self.backend}")
+        if self.checkpoint is not None and self.backend not in (None, "torch"):
+            raise ValueError("a checkpoint runs on the torch backend; export it for torchscript/onnxruntime")
+        return self
+
+
+class Settings(BaseSettings):
+    """All service settings (see the module docstring for the table)."""
+
+    model_config = SettingsConfigDict(env_prefix="DIFFIR_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: SecretStr | None = None
+    device: str = "auto"
+    backend: BackendName = "torch"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    torch_threads: int | None = Field(None, ge=1, le=256)
+    max_batch_size: int = Field(4, ge=1, le=256)
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000)
+    queue_size: int = Field(32, ge=1, le=100_000)
+    deadline_s: float = Field(60.0, gt=0, le=3600)
+    retry_after_s: int = Field(1, ge=1, le=3600)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_input_pixels: int = Field(4096 * 4096, ge=1)
+    max_output_pixels: int = Field(4096 * 4096, ge=1)
+    tile_size: int = Field(512, ge=32, le=8192)
+    tile_overlap: int = Field(32, ge=0, le=1024)
+    tile_threshold_pixels: int = Field(1024 * 1024, ge=1)
+    bucket_multiple: int = Field(0, ge=0, le=4096)
+    mask_threshold: float = Field(0.5, gt=0, le=1)
+    png_compress_level: int = Field(3, ge=0, le=9)
+    warmup_size: int = Field(64, ge=0, le=4096)
+    tasks: dict[str, TaskSettings] = Field(default_factory=dict)
+    drain_seconds: float = Field(30.0, ge=0, le=3600)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_json: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {value!r}")
+        return value
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _tasks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = json.loads(value) if value.strip() else {}
+        if isinstance(value, dict):
+            for name in value:
+                if not TASK_NAME.match(str(name)):
+                    raise ValueError(f"task name {name!r} must match {TASK_NAME.pattern}")
+        return value
+
+    @model_validator(mode="after")
+    def _tiles(self) -> Settings:
+        if self.tile_overlap * 2 >= self.tile_size:
+            raise ValueError(f"tile_overlap ({self.tile_overlap}) must be under half of tile_size ({self.tile_size})")
+        return self
+
+
+def describe_validation_error(exc: Exception) -> str:
+    """One line naming the bad setting(s), for start-up failures (no traceback wall)."""
+    errors = getattr(exc, "errors", None)
+    if not callable(errors):
+        return str(exc).splitlines()[0]
+    parts = []
+    for err in errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        name = "DIFFIR_" + loc[0].upper() if loc else "settings"
+        where = name + ("[" + ".".join(loc[1:]) + "]" if len(loc) > 1 else "")
+        parts.append(f"{where}: {err.get('msg')}")
+    return "invalid settings: " + "; ".join(parts)

@@ -1,0 +1,139 @@
+"""The running service's state: one engine + batcher per task, the inference thread, readiness.
+
+Built inside the app factory's lifespan (no module-level state): models are loaded, wired to
+their batchers and metrics, warmed on the inference thread, and only then is the service ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import torch
+
+from service.batcher import Batcher, BatcherHooks
+from service.engine import Engine, EngineLimits, Job
+from service.errors import StartupError
+from service.logs import log_event
+from service.metrics import Metrics
+from service.runtime.base import Backend
+from service.settings import Settings
+
+
+def load_backends(settings: Settings) -> dict[str, Backend]:
+    """Load every configured task's model (synchronously); the first problem raises `StartupError`."""
+    from service.runtime.devices import resolve_device
+    from service.runtime.loader import default_task_settings, load_backend
+
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    try:
+        device = resolve_device(settings.device)
+    except RuntimeError as exc:
+        raise StartupError(str(exc)) from None
+    specs = settings.tasks or default_task_settings()
+    if not specs:
+        raise StartupError("no tasks configured (DIFFIR_TASKS is an empty object)")
+    return {name: load_backend(name, spec, settings, device) for name, spec in specs.items()}
+
+
+@dataclass
+class TaskRuntime:
+    name: str
+    engine: Engine
+    batcher: Batcher[Job, torch.Tensor]
+
+
+class ServiceState:
+    def __init__(self, settings: Settings, metrics: Metrics, backends: dict[str, Backend]) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffir-infer")
+        self.warmed = False
+        self.draining = False
+        self.tasks: dict[str, TaskRuntime] = {}
+        limits = EngineLimits(
+            settings.tile_size, settings.tile_overlap, settings.tile_threshold_pixels, settings.bucket_multiple
+        )
+        for name, backend in backends.items():
+            engine = Engine(name, backend, limits)
+            self.tasks[name] = TaskRuntime(name, engine, self._batcher(engine))
+            metrics.model_info.labels(
+                name, backend.info.variant, backend.name, backend.provider, backend.info.version
+            ).set(1)
+            metrics.queue_depth.labels(name).set(0)
+
+    def _batcher(self, engine: Engine) -> Batcher[Job, torch.Tensor]:
+        m, name, backend = self.metrics, engine.name, engine.backend.name
+
+        def on_batch(size: int, seconds: float, waits: list[float]) -> None:
+            m.batch_size.labels(name).observe(size)
+            m.inference.labels(name, backend).observe(seconds)
+            for w in waits:
+                m.queue_wait.labels(name).observe(w)
+
+        def on_dropped(reason: str) -> None:
+            if reason == "disconnected":
+                m.disconnected.labels(name).inc()
+            m.rejected.labels(name, reason).inc()
+
+        hooks = BatcherHooks(
+            depth=lambda n: m.queue_depth.labels(name).set(n),
+            rejected=lambda reason: m.rejected.labels(name, reason).inc(),
+            dropped=on_dropped,
+            batch=on_batch,
+        )
+
+        async def run_batch(jobs: list[Job]) -> list[torch.Tensor]:
+            loop = asyncio.get_running_loop()
+            started = time.perf_counter()
+            outputs = await loop.run_in_executor(self.executor, engine.run_batch, jobs)
+            elapsed = time.perf_counter() - started
+            for job in jobs:
+                job.timings["inference"] = elapsed
+                job.timings["batch"] = len(jobs)
+            return outputs
+
+        s = self.settings
+        return Batcher(
+            run_batch,
+            key=engine.bucket,
+            max_batch_size=s.max_batch_size,
+            max_wait_s=s.max_wait_ms / 1000,
+            queue_size=s.queue_size,
+            hooks=hooks,
+        )
+
+    @property
+    def ready(self) -> bool:
+        return self.warmed and not self.draining
+
+    def set_draining(self) -> None:
+        self.draining = True
+        self.metrics.ready.set(0)
+
+    # --- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        for rt in self.tasks.values():
+            rt.batcher.start()
+
+    async def warm_up(self) -> None:
+        """Warm every task at batch 1 and at the max batch, on the inference thread."""
+        loop = asyncio.get_running_loop()
+        size, batches = self.settings.warmup_size, (1, self.settings.max_batch_size)
+        for rt in self.tasks.values():
+            started = time.perf_counter()
+            await loop.run_in_executor(self.executor, rt.engine.warmup, size, batches)
+            log_event("warmed", task=rt.name, seconds=round(time.perf_counter() - started, 3))
+        self.warmed = True
+        if not self.draining:
+            self.metrics.ready.set(1)
+
+    async def stop(self) -> None:
+        self.set_draining()
+        results = await asyncio.gather(*(rt.batcher.close(self.settings.drain_seconds) for rt in self.tasks.values()))
+        if not all(results):
+            log_event("drain timed out; unfinished requests were failed", level=30)
+        self.executor.shutdown(wait=False, cancel_futures=True)
