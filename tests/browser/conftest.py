@@ -50,7 +50,6 @@ if not CHROMIUM.exists():
 class Server:
     url: str
     api_key: str
-    kind: str  # "service" (the real one) or "stub"
 
     def post(self, task: str, files: dict, **params: str) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.api_key}"}
@@ -93,7 +92,7 @@ def _start(cmd: list[str], env: dict[str, str], log_path: Path, url: str) -> sub
         if proc.poll() is not None:
             break
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "tasks", timeout=2).status_code == 200:
+            if httpx.get(url + "readyz", timeout=2).status_code == 200:  # models loaded and warmed
                 return proc
         time.sleep(0.2)
     proc.kill()
@@ -120,17 +119,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "DIFFIR_LOG_JSON": "false",
         "DIFFIR_LOG_LEVEL": "warning",
     }
-    if (ROOT / "service" / "__main__.py").exists():
-        kind = "service"
-        env["DIFFIR_TASKS"] = json.dumps(_tiny_checkpoints(folder / "models"))
-        cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
-    else:  # until the service lands: its HTTP contract, stubbed (tests/browser/stub_app.py)
-        kind = "stub"
-        cmd = [sys.executable, "-m", "uvicorn", "tests.browser.stub_app:app", "--host", "127.0.0.1"]
-        cmd += ["--port", str(port), "--log-level", "warning"]
+    env["DIFFIR_TASKS"] = json.dumps(_tiny_checkpoints(folder / "models"))
+    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
     proc = _start(cmd, env, folder / "server.log", url)
     try:
-        yield Server(url=url, api_key=API_KEY, kind=kind)
+        yield Server(url=url, api_key=API_KEY)
     finally:
         proc.terminate()
         try:

@@ -98,10 +98,12 @@
     }
     let code = null;
     let message = null;
+    let requestId = null;
     try {
       const body = JSON.parse(text);
       const err = body && typeof body.error === "object" && body.error !== null ? body.error : body;
       code = first(err.code, typeof body.error === "string" ? body.error : undefined) ?? null;
+      requestId = first(err.request_id, body.request_id) ?? null;
       message = first(err.message, err.detail && typeof err.detail === "string" ? err.detail : undefined) ?? null;
       if (!message && Array.isArray(err.detail)) {
         message = err.detail.map((d) => [d.loc && d.loc.slice(1).join("."), d.msg].filter(Boolean).join(": ")).join("; ");
@@ -114,7 +116,7 @@
       const plain = text && text.length < 300 && !/<html/i.test(text) ? text.trim() : "";
       message = plain || `The server answered HTTP ${status}${statusText ? ` ${statusText}` : ""}.`;
     }
-    return { code, message };
+    return { code, message, requestId };
   }
 
   // ---------------------------------------------------------------- tasks
@@ -144,10 +146,16 @@
           maxInputPixels: lim("max_input_pixels", "max_pixels"),
           maxOutputPixels: lim("max_output_pixels"),
           maxSide: lim("max_side", "max_input_side", "max_edge"),
-          formats: first(t.formats, t.output_formats, limits.formats, (container || {}).formats, null),
+          formats: outputFormats(first(t.formats, t.output_formats, (container || {}).formats, null)),
         };
       })
       .filter((t) => t.name);
+  }
+
+  function outputFormats(f) {
+    if (Array.isArray(f)) return f; // a plain list of output formats
+    if (f && Array.isArray(f.output)) return f.output; // {input: [...], output: [...]}
+    return null;
   }
 
   async function loadTasks() {
@@ -160,7 +168,9 @@
         els.task.replaceChildren(new Option("No tasks available", ""));
         return;
       }
-      state.tasks = normalizeTasks(await res.json());
+      const json = await res.json();
+      state.tasks = normalizeTasks(json);
+      state.serverReady = json && typeof json === "object" && "ready" in json ? Boolean(json.ready) : true;
     } catch (e) {
       showError(`Could not reach the server to load the task list (${e.message}).`);
       els.task.replaceChildren(new Option("No tasks available", ""));
@@ -176,6 +186,7 @@
     els.task.disabled = !state.tasks.length;
     clearError();
     setBodyState("idle");
+    if (!state.serverReady) setStatus("The server is still warming up its models; the first restore may wait.");
     onTaskChange();
   }
 
@@ -195,8 +206,8 @@
       if (t.maxBodyBytes) limits.push(`upload ≤ ${formatBytes(t.maxBodyBytes)}`);
       els.taskInfo.textContent = parts.join(" · ") + (limits.length ? ` · limits: ${limits.join(", ")}` : "");
       if (Array.isArray(t.formats) && t.formats.length) {
-        for (const opt of els.format.options) opt.disabled = !t.formats.includes(opt.value);
-        if (els.format.selectedOptions[0]?.disabled) els.format.value = t.formats[0];
+        for (const opt of els.format.options) opt.disabled = opt.value !== "" && !t.formats.includes(opt.value);
+        if (els.format.selectedOptions[0]?.disabled) els.format.value = "";
       }
     }
     updateMaskEditor();
@@ -566,8 +577,8 @@
     const params = new URLSearchParams();
     const seed = els.seed.value.trim();
     if (seed !== "") params.set("seed", seed);
-    params.set("format", els.format.value);
-    if (els.format.value !== "png") params.set("quality", els.quality.value);
+    if (els.format.value) params.set("format", els.format.value);
+    if (els.format.value !== "png" && els.quality.value !== "") params.set("quality", els.quality.value);
 
     const xhr = new XMLHttpRequest();
     state.xhr = xhr;
@@ -605,8 +616,15 @@
           setStatus("");
         }
       } else {
-        const { code, message } = await readApiError(xhr.status, xhr.statusText, xhr.response);
-        showError(message, [code && `code: ${code}`, `HTTP ${xhr.status}`, requestId && `request id: ${requestId}`]);
+        const err = await readApiError(xhr.status, xhr.statusText, xhr.response);
+        const rid = requestId || err.requestId;
+        const retry = xhr.getResponseHeader("Retry-After");
+        showError(err.message, [
+          err.code && `code: ${err.code}`,
+          `HTTP ${xhr.status}`,
+          retry && `retry after ${retry} s`,
+          rid && `request id: ${rid}`,
+        ]);
         setStatus("");
         if (xhr.status === 401) {
           els.apiKey.closest("details").open = true;
@@ -685,7 +703,7 @@
 
   function extensionFor(contentType) {
     const type = (contentType || "").split(";")[0].trim().toLowerCase();
-    return { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp" }[type] || els.format.value;
+    return { "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp" }[type] || els.format.value || "png";
   }
 
   function downloadName(sent, contentType) {
@@ -921,6 +939,7 @@
   });
   els.format.addEventListener("change", () => {
     els.qualityLabel.hidden = els.format.value === "png";
+    els.quality.disabled = els.format.value === "png";
   });
   els.apiKey.addEventListener("change", () => {
     if (!state.tasksLoaded) loadTasks();
