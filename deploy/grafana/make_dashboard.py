@@ -31,6 +31,11 @@ def _ratio(selector: str) -> str:
     return f"({failed} / {total}) or ({total} * 0)"
 
 
+def _or_zero(expr: str) -> str:
+    # Counters whose label sets appear only on the first event: show 0 per task instead of "no data".
+    return f"({expr}) or (sum by (task) (diffir_queue_depth{{{T}}}) * 0)"
+
+
 def panels() -> list[dict]:
     """(title, kind, unit, width, targets, extra options) in layout order; rows of 24 grid units."""
     spec: list[tuple[str, str, str, int, list[dict], dict]] = [
@@ -62,7 +67,7 @@ def panels() -> list[dict]:
             [
                 _target(
                     "A",
-                    f"sum by (task, reason) (rate(diffir_rejected_total{{{T}}}[{RI}]))",
+                    _or_zero(f"sum by (task, reason) (rate(diffir_rejected_total{{{T}}}[{RI}]))"),
                     "{{task}} {{reason}}",
                 )
             ],
@@ -187,7 +192,7 @@ def panels() -> list[dict]:
             "timeseries",
             "reqps",
             10,
-            [_target("A", f"sum by (task) (rate(diffir_disconnected_total{{{T}}}[{RI}]))", "{{task}}")],
+            [_target("A", _or_zero(f"sum by (task) (rate(diffir_disconnected_total{{{T}}}[{RI}]))"), "{{task}}")],
             {},
         ),
         (

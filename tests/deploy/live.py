@@ -1,0 +1,231 @@
+"""Real processes on loopback for the deployment tests: the service with tiny models, Prometheus, a DCGM stub."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from tests.deploy.conftest import REPO
+
+# The exposition NVIDIA's dcgm-exporter serves (default counters), for two GPUs of one host.
+DCGM_EXPOSITION = """\
+# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).
+# TYPE DCGM_FI_DEV_GPU_UTIL gauge
+DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-0",device="nvidia0",modelName="NVIDIA H100",Hostname="gpu-box"} 87
+DCGM_FI_DEV_GPU_UTIL{gpu="1",UUID="GPU-1",device="nvidia1",modelName="NVIDIA H100",Hostname="gpu-box"} 12
+# HELP DCGM_FI_DEV_FB_FREE Framebuffer memory free (in MiB).
+# TYPE DCGM_FI_DEV_FB_FREE gauge
+DCGM_FI_DEV_FB_FREE{gpu="0",UUID="GPU-0",device="nvidia0",modelName="NVIDIA H100",Hostname="gpu-box"} 60000
+DCGM_FI_DEV_FB_FREE{gpu="1",UUID="GPU-1",device="nvidia1",modelName="NVIDIA H100",Hostname="gpu-box"} 80000
+# HELP DCGM_FI_DEV_FB_USED Framebuffer memory used (in MiB).
+# TYPE DCGM_FI_DEV_FB_USED gauge
+DCGM_FI_DEV_FB_USED{gpu="0",UUID="GPU-0",device="nvidia0",modelName="NVIDIA H100",Hostname="gpu-box"} 21000
+DCGM_FI_DEV_FB_USED{gpu="1",UUID="GPU-1",device="nvidia1",modelName="NVIDIA H100",Hostname="gpu-box"} 1000
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None, timeout: float = 30):
+    """(status, headers, body) of one request; HTTP errors are answers, not exceptions."""
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, dict(err.headers), err.read()
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            result = predicate()
+            if result:
+                return result
+        except OSError as exc:
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last error: {last})")
+
+
+def png(width: int, height: int, seed: int = 0) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def tiny_checkpoints(root: Path) -> dict[str, Path]:
+    """Random-weight deblur and ×4 SR models (dim 8): fast enough for a shared 2-core CPU."""
+    import torch
+
+    from models import CPENConfig, DiffIRS2, DIRformerConfig, ModelConfig, save_checkpoint
+
+    g = DIRformerConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1)
+    configs = {
+        "deblur": ModelConfig(name="deploy-deblur", kind="deblur", dirformer=g, cpen=CPENConfig(n_resblocks=1)),
+        "sr-x4": ModelConfig(name="deploy-sr-x4", kind="sr", scale=4, dirformer=g, cpen=CPENConfig(n_resblocks=1)),
+    }
+    out = {}
+    for task, config in configs.items():
+        torch.manual_seed(0)
+        net = DiffIRS2(config).eval()
+        with torch.no_grad():
+            for p in net.parameters():
+                p.mul_(0.5)
+        out[task] = save_checkpoint(net, root / task, {"version": "deploy-test"})
+    return out
+
+
+class Process:
+    """A child process in its own process group, its output in a log file; always cleaned up."""
+
+    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = REPO) -> None:
+        self.log_path = log
+        self._log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+
+
+def service_env(checkpoints: dict[str, Path], **settings: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFIR_")}
+    env.update(
+        {
+            "DIFFIR_TASKS": json.dumps({t: {"checkpoint": str(p)} for t, p in checkpoints.items()}),
+            "DIFFIR_WARMUP_SIZE": "16",
+            "DIFFIR_TORCH_THREADS": "1",
+            "DIFFIR_MAX_BATCH_SIZE": "4",
+            "DIFFIR_MAX_WAIT_MS": "20",
+            "DIFFIR_LOG_JSON": "true",
+            "OMP_NUM_THREADS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(settings)
+    return env
+
+
+@contextlib.contextmanager
+def running_service(tmp: Path, checkpoints: dict[str, Path], **settings: str) -> Iterator[tuple[Process, str]]:
+    port = free_port()
+    env = service_env(checkpoints, **settings)
+    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
+    proc = Process(cmd, tmp / f"service-{port}.log", env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: (proc.alive() and http("GET", base + "/readyz", timeout=2)[0] == 200) or not proc.alive(),
+            120,
+            "the service to become ready",
+        )
+        assert proc.alive(), proc.output()
+        yield proc, base
+    finally:
+        proc.stop()
+
+
+@contextlib.contextmanager
+def dcgm_stub() -> Iterator[str]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = DCGM_EXPOSITION.encode()
+            self.send_response(200 if self.path == "/metrics" else 404)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class Prometheus:
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def api(self, path: str, **params: str) -> dict:
+        url = f"{self.base}/api/v1/{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        status, _, body = http("GET", url, timeout=10)
+        payload = json.loads(body)
+        assert status == 200 and payload["status"] == "success", f"{url}: {status} {payload}"
+        return payload["data"]
+
+    def query(self, expr: str) -> list[dict]:
+        data = self.api("query", query=expr)
+        assert data["resultType"] == "vector", data
+        return data["result"]
+
+
+@contextlib.contextmanager
+def running_prometheus(tmp: Path, config: str, binary: str) -> Iterator[Prometheus]:
+    port = free_port()
+    (tmp / "prometheus.yml").write_text(config)
+    cmd = [
+        binary,
+        f"--config.file={tmp / 'prometheus.yml'}",
+        f"--storage.tsdb.path={tmp / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--storage.tsdb.retention.time=1h",
+        "--log.level=warn",
+    ]
+    proc = Process(cmd, tmp / "prometheus.log")
+    prom = Prometheus(f"http://127.0.0.1:{port}")
+    try:
+        wait_for(lambda: http("GET", prom.base + "/-/ready", timeout=2)[0] == 200, 60, "Prometheus to be ready")
+        yield prom
+    finally:
+        proc.stop()
