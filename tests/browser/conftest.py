@@ -15,45 +15,25 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-OUTPUT = ROOT / "test-output" / "browser"
-CHROMIUM = Path(os.environ.get("DIFFIR_TEST_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
-API_KEY = "browser-test-key"
-MAX_INPUT_PIXELS = 200 * 200
-MAX_OUTPUT_PIXELS = 300 * 300
-MAX_BODY_BYTES = 4 * 1024 * 1024
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package")
-if not CHROMIUM.exists():
-    pytest.skip(f"no Chromium at {CHROMIUM} (make system-deps installs it)", allow_module_level=True)
-
-
-@dataclass(frozen=True)
-class Server:
-    url: str
-    api_key: str
-
-    def post(self, task: str, files: dict, **params: str) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {self.api_key}"}
-        return httpx.post(f"{self.url}restore/{task}", files=files, params=params, headers=headers, timeout=60)
+from tests.browser.support import (
+    API_KEY,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    MAX_BODY_BYTES,
+    MAX_INPUT_PIXELS,
+    MAX_OUTPUT_PIXELS,
+    OUTPUT,
+    RECORD_SENT_FORMS,
+    ROOT,
+    Server,
+    make_image,
+)
 
 
 def _free_port() -> int:
@@ -134,7 +114,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[sync_api.Browser]:
+def browser():
+    """Debian's Chromium, headless, driven by Playwright (skips where either is missing)."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package")
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (make system-deps installs it)")
     with sync_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
@@ -143,46 +127,17 @@ def browser() -> Iterator[sync_api.Browser]:
             b.close()
 
 
-# Chromium does not hand multipart bodies with files to the driver, so the tests record what the page
-# sends from inside: every FormData given to XMLHttpRequest.send, files as byte arrays.
-RECORD_SENT_FORMS = """
-window.__sentForms = [];
-const originalSend = XMLHttpRequest.prototype.send;
-XMLHttpRequest.prototype.send = function (body) {
-  if (body instanceof FormData) {
-    const entries = [...body.entries()];
-    window.__sentForms.push(Promise.all(entries.map(async ([name, value]) => [name, value instanceof Blob
-      ? { filename: value.name ?? null, type: value.type, bytes: Array.from(new Uint8Array(await value.arrayBuffer())) }
-      : { value }])));
-  }
-  return originalSend.call(this, body);
-};
-"""
-
-
-def sent_form(page) -> dict[str, dict]:
-    """The last multipart form the page sent: {field: {"filename", "type", "bytes"} or {"value"}}."""
-    entries = page.evaluate("async () => await window.__sentForms.at(-1)")
-    form = {}
-    for name, value in entries:
-        assert name not in form, f"field {name!r} sent twice"
-        if "bytes" in value:
-            value["bytes"] = bytes(value["bytes"])
-        form[name] = value
-    return form
-
-
 class PageErrors(list):
     """Uncaught exceptions in the page; every test asserts there were none."""
 
 
 @pytest.fixture
-def open_page(browser: sync_api.Browser, server: Server):
+def open_page(browser, server: Server):
     """`open_page(viewport=..., key=True)` -> a loaded page (tasks listed), API key typed in."""
     contexts = []
     errors = PageErrors()
 
-    def _open(viewport: dict | None = None, key: bool = True, **context_args) -> sync_api.Page:
+    def _open(viewport: dict | None = None, key: bool = True, **context_args):
         ctx = browser.new_context(
             viewport=viewport or {"width": 1280, "height": 900}, accept_downloads=True, **context_args
         )
@@ -208,15 +163,6 @@ def open_page(browser: sync_api.Browser, server: Server):
 def shots() -> Path:
     OUTPUT.mkdir(parents=True, exist_ok=True)
     return OUTPUT
-
-
-def make_image(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """A smooth colour gradient with soft texture: every pixel distinct enough to see changes."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    base = np.stack([x / max(width - 1, 1), y / max(height - 1, 1), 0.5 + 0.5 * np.sin((x + y) / 5)], axis=-1)
-    img = 40 + 170 * base + rng.normal(0, 6, size=(height, width, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture

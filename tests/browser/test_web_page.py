@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser.conftest import MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS, Server, sent_form
+from tests.browser.support import MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS, Server, sent_form
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -103,7 +103,7 @@ def test_deblur_upload_restore_compare_download(open_page, server: Server, image
     page.keyboard.press("Home")
     assert page.eval_on_selector("#before-canvas", "c => c.style.clipPath") == "inset(0px 100% 0px 0px)"
     slider.fill("50")
-    page.screenshot(path=shots / "03-deblur-result.png")
+    page.screenshot(path=shots / "03-deblur-result.png", full_page=True)
 
     name, path = download(page, tmp_path)
     assert name == "street-deblur.png"
@@ -136,7 +136,7 @@ def test_sr_x4_before_is_upscaled_honestly(open_page, server: Server, image_file
     before = np.array(page.eval_on_selector("#before-canvas", read_before)).reshape(80, 96, 4)[..., :3]
     bicubic = np.asarray(src_img.resize((96, 80), Image.BICUBIC)).astype(np.int16)
     assert np.abs(before - bicubic).max() <= 2  # the page's own Keys cubic, like PIL's
-    page.screenshot(path=shots / "04-sr-x4-result.png")
+    page.screenshot(path=shots / "04-sr-x4-result.png", full_page=True)
 
     name, path = download(page, tmp_path)
     assert name == "tiny-sr-x4.png"
@@ -189,7 +189,7 @@ def test_inpaint_paint_stroke_restore(open_page, server: Server, image_file, sho
     assert 0 < erased < painted
     page.get_by_role("button", name="Brush").click()
     assert restore_button.is_enabled()
-    page.screenshot(path=shots / "05-inpaint-painted.png")
+    page.screenshot(path=shots / "05-inpaint-painted.png", full_page=True)
 
     restore(page)
     sent = sent_form(page)
@@ -204,7 +204,7 @@ def test_inpaint_paint_stroke_restore(open_page, server: Server, image_file, sho
     assert xs.min() >= 12 and xs.max() <= 46, (xs.min(), xs.max())
     assert (mask == 255).sum() == erased
 
-    page.screenshot(path=shots / "06-inpaint-result.png")
+    page.screenshot(path=shots / "06-inpaint-result.png", full_page=True)
     name, path = download(page, tmp_path)
     assert name == "wall-inpaint.png"
     out, inp = pixels(path), pixels(src)
@@ -217,7 +217,7 @@ def test_inpaint_paint_stroke_restore(open_page, server: Server, image_file, sho
     assert np.abs(out - inp)[far].max() <= 1, "pixels far from the stroke should not change"
 
 
-def test_mask_upload_is_resized_to_the_image(open_page, server: Server, image_file, tmp_path: Path):
+def test_mask_upload_is_resized_to_the_image(open_page, server: Server, image_file, shots: Path, tmp_path: Path):
     page = open_page()
     src = image_file(40, 30, "photo.png")
     choose(page, "inpaint", src)
@@ -231,6 +231,7 @@ def test_mask_upload_is_resized_to_the_image(open_page, server: Server, image_fi
     mask = np.asarray(Image.open(io.BytesIO(sent_form(page)["mask"]["bytes"])).convert("L"))
     assert mask.shape == (30, 40)
     assert np.array_equal(mask, np.asarray(Image.fromarray(big).resize((40, 30), Image.NEAREST)))
+    page.screenshot(path=shots / "10-inpaint-mask-uploaded.png", full_page=True)
 
 
 def test_unsupported_file_shows_the_api_message(open_page, server: Server, shots: Path, tmp_path: Path):
@@ -248,10 +249,10 @@ def test_unsupported_file_shows_the_api_message(open_page, server: Server, shots
     assert shown.is_visible()
     assert body["message"] in shown.inner_text()
     assert body["code"] in shown.inner_text()
-    page.screenshot(path=shots / "07-error-unsupported.png")
+    page.screenshot(path=shots / "07-error-unsupported.png", full_page=True)
 
 
-def test_wrong_api_key_shows_the_api_message_and_key_stays_in_memory(open_page, server: Server, image_file):
+def test_wrong_api_key_shows_the_api_message_and_key_stays_in_memory(open_page, server: Server, image_file, shots):
     page = open_page(key=False)
     page.locator("details.options summary").click()
     page.get_by_label("API key").fill("not-the-key")
@@ -261,6 +262,8 @@ def test_wrong_api_key_shows_the_api_message_and_key_stays_in_memory(open_page, 
     api = wrong.post("deblur", {"image": ("x.png", image_file(16, 16, "x.png").read_bytes(), "image/png")})
     assert api.status_code == 401
     assert api.json()["message"] in page.inner_text("#error")
+    assert page.evaluate("document.activeElement.id") == "api-key"  # a 401 takes you to the key field
+    page.screenshot(path=shots / "11-wrong-api-key.png", full_page=True)
     stored = page.evaluate("() => [localStorage.length, sessionStorage.length, document.cookie, location.href]")
     assert stored[:3] == [0, 0, ""]
     assert "not-the-key" not in stored[3]
@@ -274,7 +277,7 @@ def test_client_side_limits_use_the_servers_numbers(open_page, server: Server, i
     choose(page, "deblur", image_file(side, side, "huge.png"))
     assert page.get_by_role("button", name="Restore").is_disabled()
     assert "at most" in page.inner_text("#image-info")
-    page.screenshot(path=shots / "08-limit-refused.png")
+    page.screenshot(path=shots / "08-limit-refused.png", full_page=True)
 
     # fine for deblur, but its 4x output is over the output cap
     side = int((MAX_OUTPUT_PIXELS / 16) ** 0.5) + 4
