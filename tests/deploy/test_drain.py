@@ -1,0 +1,106 @@
+"""SIGTERM under load, with the drain the Kubernetes manifests configure: readiness drops, nothing accepted is
+lost, new work is refused, and the process exits well inside terminationGracePeriodSeconds (minus preStop)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import threading
+import time
+
+import pytest
+
+from tests.deploy.conftest import K8S, load_yaml_docs
+from tests.deploy.live import free_port, http, png, running_service, tiny_checkpoints, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+LOAD = 12  # concurrent requests in flight when SIGTERM arrives
+
+
+def _k8s_shutdown_budget() -> tuple[float, float]:
+    """(DIFFIR_DRAIN_SECONDS, seconds between SIGTERM and SIGKILL) from the base manifests."""
+    env = dict(line.split("=", 1) for line in (K8S / "base" / "diffir.env").read_text().splitlines() if "=" in line)
+    (deployment,) = load_yaml_docs((K8S / "base" / "deployment.yaml").read_text())
+    pod = deployment["spec"]["template"]["spec"]
+    pre_stop = float(pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
+    return float(env["DIFFIR_DRAIN_SECONDS"]), pod["terminationGracePeriodSeconds"] - pre_stop
+
+
+def _metric(metrics_base: str, name: str) -> float:
+    status, _, body = http("GET", metrics_base + "/metrics", timeout=5)
+    assert status == 200
+    total = 0.0
+    for line in body.decode().splitlines():
+        match = re.match(rf"^{name}(\{{[^}}]*\}})? (\S+)$", line)
+        if match:
+            total += float(match.group(2))
+    return total
+
+
+def test_sigterm_under_load_loses_nothing(tmp_path):
+    drain_s, budget_s = _k8s_shutdown_budget()
+    metrics_port = free_port()
+    checkpoints = tiny_checkpoints(tmp_path / "ckpt")
+    settings = {
+        "DIFFIR_DRAIN_SECONDS": str(drain_s),
+        "DIFFIR_METRICS_PORT": str(metrics_port),  # stays up while the main port drains: readiness is observable
+        "DIFFIR_MAX_BATCH_SIZE": "2",
+        "DIFFIR_QUEUE_SIZE": "64",
+    }
+    with running_service(tmp_path, {"deblur": checkpoints["deblur"]}, **settings) as (service, base):
+        metrics_base = f"http://127.0.0.1:{metrics_port}"
+        assert _metric(metrics_base, "diffir_ready") == 1
+        body = png(160, 160)
+        results: list[tuple[int, dict, bytes] | Exception] = [None] * LOAD  # type: ignore[list-item]
+
+        def send(i: int) -> None:
+            try:
+                results[i] = http("POST", f"{base}/restore/deblur", body, {"Content-Type": "image/png"}, timeout=90)
+            except OSError as exc:  # refused before being accepted
+                results[i] = exc
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(LOAD)]
+        for t in threads:
+            t.start()
+        queued = wait_for(
+            lambda: (d := _metric(metrics_base, "diffir_queue_depth")) >= 4 and d, 60, "a backlog", interval=0.02
+        )
+        signalled = time.monotonic()
+        service.signal(signal.SIGTERM)
+
+        # Readiness drops at once (the kubelet's /readyz gets 503 or a refused connection from now on).
+        wait_for(lambda: _metric(metrics_base, "diffir_ready") == 0, 5, "diffir_ready to drop", interval=0.02)
+        try:
+            status, _, answer = http("GET", base + "/readyz", timeout=5)
+            assert status == 503
+        except OSError:
+            pass
+        # New work is refused while the accepted work finishes.
+        try:
+            status, headers, answer = http("POST", f"{base}/restore/deblur", body, {"Content-Type": "image/png"})
+            assert status == 503 and json.loads(answer)["code"] == "draining" and "Retry-After" in headers
+        except OSError:
+            pass
+
+        for t in threads:
+            t.join(90)
+        service.proc.wait(budget_s)
+        exited_after = time.monotonic() - signalled
+        # uvicorn re-raises the stop signal after a clean shutdown: exit status 143 in a container, normal to k8s.
+        assert service.proc.returncode in (0, -signal.SIGTERM), service.output()
+        assert '"msg": "stopped"' in service.output()
+
+    completed = [r for r in results if not isinstance(r, Exception) and r[0] == 200]
+    refused = [r for r in results if isinstance(r, Exception) or r[0] == 503]
+    assert len(completed) + len(refused) == LOAD, [r if isinstance(r, Exception) else r[:2] for r in results]
+    for r in refused:
+        if not isinstance(r, Exception):
+            assert json.loads(r[2])["code"] == "draining"
+    # Every request that was queued at SIGTERM (and everything accepted before it) got its image.
+    assert len(completed) >= queued, (len(completed), queued)
+    for _, headers, data in completed:
+        assert headers["content-type"] == "image/png" and data.startswith(b"\x89PNG")
+    assert exited_after < drain_s, f"exit took {exited_after:.1f} s (drain {drain_s} s)"
+    assert exited_after < budget_s
+    print(f"SIGTERM, {queued:.0f} queued: {len(completed)} done, {len(refused)} refused, exit in {exited_after:.2f} s")
