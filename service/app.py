@@ -155,5 +155,7 @@ def create_app(
     if not settings.metrics_port:
         app.add_api_route("/metrics", routes.metrics, methods=["GET"], summary="Prometheus metrics")
     if WEB_DIR.is_dir():
-        app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
+        # The web page is the router's fallback rather than a mount at "/", so API paths keep their
+        # precise answers (405 for a wrong method) and only unmatched paths look for a static file.
+        app.router.default = StaticFiles(directory=WEB_DIR, html=True)
     return app

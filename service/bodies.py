@@ -64,11 +64,15 @@ async def split_body(headers: Headers, body: bytes, needs_mask: bool) -> tuple[b
 
 
 async def _split_multipart(headers: Headers, body: bytes, needs_mask: bool) -> tuple[bytes, bytes | None]:
+    if "boundary=" not in headers.get("content-type", ""):
+        raise ServiceError("bad_multipart", "multipart/form-data without a boundary parameter")
     parser = MultiPartParser(headers, _replay(body), max_files=MAX_PARTS, max_fields=MAX_PARTS)
     try:
         form = await parser.parse()
     except MultiPartException as exc:
         raise ServiceError("bad_multipart", f"malformed multipart body: {exc.message}") from None
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise ServiceError("bad_multipart", f"malformed multipart body ({type(exc).__name__})") from None
     try:
         allowed = {"image", "mask"} if needs_mask else {"image"}
         parts: dict[str, bytes] = {}

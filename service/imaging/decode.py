@@ -100,10 +100,10 @@ def _rawmode(im: Image.Image) -> str:
     return args if isinstance(args, str) else str(args[0]) if args else ""
 
 
-def _to_arrays(im: Image.Image, data: bytes, fmt: str) -> tuple[np.ndarray, np.ndarray | None, bool, int]:
+def _to_arrays(im: Image.Image, data: bytes, fmt: str, wide: bool) -> tuple[np.ndarray, np.ndarray | None, bool, int]:
     """(rgb-or-grey float array (H, W, 1|3), alpha, grey, depth) for every supported mode."""
     mode = im.mode
-    if ";16" in _rawmode(im) and mode in ("RGB", "RGBA", "LA"):
+    if wide:
         arr, grey, has_alpha = _read_wide(data, fmt)
         f = arr.astype(np.float32) / 65535.0
         planes = 1 if grey else 3
@@ -148,6 +148,7 @@ def decode_image(
     im, fmt = _open(data, what)
     try:
         _check_header(im, what, max_pixels, scale, max_output_pixels or max_pixels * scale * scale)
+        wide = ";16" in _rawmode(im) and im.mode in ("RGB", "RGBA", "LA")  # before anything loads the data
         icc = im.info.get("icc_profile") or None
         if im.mode == "CMYK":
             icc = None  # the profile describes CMYK; our output is RGB
@@ -155,7 +156,7 @@ def decode_image(
             orientation = int(im.getexif().get(0x0112, 1))
         except Exception:
             orientation = 1
-        base, alpha, grey, depth = _to_arrays(im, data, fmt)
+        base, alpha, grey, depth = _to_arrays(im, data, fmt, wide)
     except ServiceError:
         raise
     except Image.DecompressionBombError as exc:

@@ -123,3 +123,79 @@ def decode(data: bytes) -> Image.Image:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# --- fake backends (pixel-exact I/O checks, fault injection) ---------------------------------------
+class IdentityBackend:
+    """Returns its input (nearest-upsampled for SR): isolates the I/O path for pixel-exact checks."""
+
+    name = "identity"
+    provider = "cpu"
+    supports_tiling = True
+
+    def __init__(self, kind: str = "deblur", scale: int = 1) -> None:
+        from service.runtime.base import ModelInfo
+
+        self.info = ModelInfo(
+            variant=f"identity-{kind}",
+            kind=kind,
+            scale=scale,
+            size_multiple=8,
+            pad_mode="reflect",
+            in_channels=4 if kind == "inpaint" else 3,
+            ipr_dim=256,
+            version="test",
+            sha256="0" * 64,
+            source="identity",
+        )
+        self.calls = 0
+
+    def run(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.restore(lq, noise)
+
+    def prior(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(lq.shape[0], 256)
+
+    def restore(self, lq: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+        x = lq[:, :3]
+        s = self.info.scale
+        return x.repeat_interleave(s, 2).repeat_interleave(s, 3) if s > 1 else x.clone()
+
+
+class GatedBackend:
+    """Wraps a backend; each `run` blocks until `release` is set (overload and deadline tests)."""
+
+    def __init__(self, inner, fail: bool = False) -> None:
+        import threading
+
+        self.inner = inner
+        self.info, self.name, self.provider = inner.info, inner.name, inner.provider
+        self.supports_tiling = inner.supports_tiling
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.fail = fail
+
+    def run(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        self.entered.set()
+        self.release.wait(30)
+        if self.fail:
+            raise RuntimeError("injected backend failure")
+        return self.inner.run(lq, noise)
+
+    def prior(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.inner.prior(lq, noise)
+
+    def restore(self, lq: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+        return self.inner.restore(lq, ipr)
+
+
+def identity_backends() -> dict[str, IdentityBackend]:
+    return {"deblur": IdentityBackend(), "sr-x4": IdentityBackend("sr", 4), "inpaint": IdentityBackend("inpaint")}
+
+
+@pytest.fixture
+async def identity_live() -> AsyncIterator[LiveApp]:
+    settings = Settings(warmup_size=0, max_wait_ms=1, tasks={"deblur": {}, "sr-x4": {}, "inpaint": {}})
+    async for app in start_app(settings, backends=identity_backends()):
+        yield app

@@ -1,0 +1,287 @@
+"""The HTTP API through httpx's ASGI transport with tiny random-weight models."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import struct
+import zlib
+
+import pytest
+from PIL import Image
+
+from service.runtime.torch_backend import TorchBackend
+from tests.service.conftest import GatedBackend, LiveApp, decode, encode, gradient, make_settings, start_app
+
+pytestmark = pytest.mark.anyio
+PNG = {"content-type": "image/png"}
+
+
+def png_with_header_size(width: int, height: int) -> bytes:
+    """A tiny valid-looking PNG whose IHDR declares (width, height): a decompression bomb's header."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def assert_error(response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["code"] == code, body
+    assert body["message"]
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+# --- happy paths ---------------------------------------------------------------------------------
+async def test_restore_multipart_and_raw_bodies(live: LiveApp) -> None:
+    img = encode(gradient(40, 24))
+    r = await live.client.post("/restore/deblur", files={"image": ("a.png", img, "image/png")})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert decode(r.content).size == (40, 24)
+    timing = r.headers["server-timing"]
+    for stage in ("decode", "queue", "inference", "encode"):
+        assert f"{stage};dur=" in timing
+    assert len(r.headers["x-request-id"]) >= 8
+    raw = await live.client.post("/restore/deblur", content=img, headers=PNG)
+    assert raw.status_code == 200 and raw.content == r.content
+
+
+async def test_sr_output_is_four_times_larger(live: LiveApp) -> None:
+    r = await live.client.post("/restore/sr-x4", content=encode(gradient(13, 7)), headers=PNG)
+    assert r.status_code == 200
+    assert decode(r.content).size == (52, 28)
+
+
+async def test_inpaint_keeps_known_pixels_exactly(live: LiveApp) -> None:
+    import numpy as np
+
+    src = gradient(32, 24)
+    mask = Image.new("L", (32, 24), 0)
+    mask.paste(255, (8, 8, 20, 16))
+    files = {"image": ("a.png", encode(src), "image/png"), "mask": ("m.png", encode(mask), "image/png")}
+    r = await live.client.post("/restore/inpaint", files=files)
+    assert r.status_code == 200, r.text
+    out, ref, holes = np.asarray(decode(r.content)), np.asarray(src), np.asarray(mask) > 127
+    assert np.array_equal(out[~holes], ref[~holes])  # official composite: outside the hole is the input
+
+
+async def test_same_seed_same_bytes_alone_and_in_a_batch(live: LiveApp) -> None:
+    imgs = [encode(gradient(40, 24).rotate(i * 90 % 180, expand=False)) for i in range(4)]
+    alone = await live.client.post("/restore/deblur?seed=7", content=imgs[0], headers=PNG)
+    again = await live.client.post("/restore/deblur?seed=7", content=imgs[0], headers=PNG)
+    assert alone.headers["x-batch-size"] == "1"
+    batch = await asyncio.gather(
+        *(
+            live.client.post(f"/restore/deblur?seed={7 if i == 0 else i}", content=imgs[i], headers=PNG)
+            for i in range(4)
+        )
+    )
+    assert {r.headers["x-batch-size"] for r in batch} == {"4"}
+    assert alone.content == again.content == batch[0].content
+    other_seed = await live.client.post("/restore/deblur?seed=8", content=imgs[0], headers=PNG)
+    assert other_seed.status_code == 200
+
+
+async def test_output_formats(live: LiveApp) -> None:
+    jpeg_in = encode(gradient(), "JPEG", quality=95)
+    r = await live.client.post("/restore/deblur", content=jpeg_in, headers={"content-type": "image/jpeg"})
+    assert r.headers["content-type"] == "image/jpeg" and decode(r.content).format == "JPEG"
+    r = await live.client.post("/restore/deblur?format=webp&quality=80", content=jpeg_in, headers=PNG)
+    assert r.headers["content-type"] == "image/webp" and decode(r.content).format == "WEBP"
+    r = await live.client.post("/restore/deblur?format=png", content=jpeg_in, headers=PNG)
+    assert decode(r.content).format == "PNG"
+
+
+async def test_info_endpoints(live: LiveApp) -> None:
+    assert (await live.client.get("/healthz")).json() == {"status": "ok"}
+    assert (await live.client.get("/readyz")).status_code == 200
+    tasks = {t["name"]: t for t in (await live.client.get("/tasks")).json()["tasks"]}
+    assert set(tasks) == {"deblur", "sr-x4", "inpaint"}
+    sr = tasks["sr-x4"]
+    assert sr["scale"] == 4 and sr["backend"] == "torch" and sr["provider"] == "cpu" and sr["version"] == "test-1"
+    assert len(sr["sha256"]) == 64 and sr["limits"]["max_input_pixels"] == 4096 * 4096 // 16
+    assert tasks["inpaint"]["needs_mask"] is True
+    assert (await live.client.get("/openapi.json")).json()["paths"]["/restore/{task}"]["post"]
+    assert (await live.client.get("/docs")).status_code == 200
+
+
+async def test_metrics_names(live: LiveApp) -> None:
+    await live.client.post("/restore/deblur", content=encode(gradient()), headers=PNG)
+    await live.client.post("/restore/nope", content=b"x", headers=PNG)
+    text = (await live.client.get("/metrics")).text
+    for name in (
+        'diffir_requests_total{code="200",task="deblur"}',
+        'diffir_requests_total{code="404",task="_unknown"}',
+        "diffir_request_duration_seconds_bucket",
+        "diffir_queue_wait_seconds_bucket",
+        'diffir_inference_duration_seconds_count{backend="torch",task="deblur"}',
+        "diffir_batch_size_bucket",
+        'diffir_queue_depth{task="deblur"}',
+        "diffir_input_pixels_bucket",
+        'diffir_model_info{backend="torch",provider="cpu",task="deblur",variant="tiny-deblur",version="test-1"} 1.0',
+        "diffir_ready 1.0",
+        "# TYPE diffir_rejected_total counter",
+        "# TYPE diffir_disconnected_total counter",
+    ):
+        assert name in text, name
+
+
+# --- every error code ----------------------------------------------------------------------------
+async def test_client_errors(live: LiveApp) -> None:
+    c, img = live.client, encode(gradient())
+    assert_error(await c.post("/restore/nope", content=img, headers=PNG), 404, "unknown_task")
+    assert_error(await c.get("/nowhere"), 404, "not_found")
+    assert_error(await c.get("/restore/deblur"), 405, "method_not_allowed")
+    assert_error(await c.post("/restore/deblur", content=b"hello", headers={"content-type": "text/plain"}), 415,
+                 "unsupported_media_type")  # fmt: skip
+    gz = {"content-type": "image/png", "content-encoding": "gzip"}
+    assert_error(await c.post("/restore/deblur", content=gzip.compress(img), headers=gz), 415, "unsupported_encoding")
+    assert_error(await c.post("/restore/deblur", content=b"GIF89a" + b"\0" * 30, headers=PNG), 415,
+                 "unsupported_format")  # fmt: skip
+    assert_error(await c.post("/restore/deblur", content=b"%PDF-1.7 ...", headers=PNG), 415, "unsupported_format")
+    assert_error(await c.post("/restore/deblur", content=b"", headers=PNG), 422, "missing_image")
+    assert_error(await c.post("/restore/deblur", content=img[: len(img) // 2], headers=PNG), 422, "undecodable_image")
+    assert_error(await c.post("/restore/deblur", content=png_with_header_size(50_000, 50_000), headers=PNG), 413,
+                 "too_many_pixels")  # fmt: skip
+
+
+async def test_multipart_errors(live: LiveApp) -> None:
+    c, img = live.client, encode(gradient())
+    part = ("a.png", img, "image/png")
+    assert_error(await c.post("/restore/deblur", files={"picture": part}), 422, "unexpected_field")
+    assert_error(await c.post("/restore/deblur", files=[("image", part), ("image", part)]), 422, "duplicate_part")
+    assert_error(await c.post("/restore/deblur", data={"seed": "1"}, files={"x": part}), 422, "unexpected_field")
+    broken = {"content-type": "multipart/form-data; boundary=zzz"}
+    no_disposition = b"--zzz\r\nContent-Type: image/png\r\n\r\nxx\r\n--zzz--\r\n"
+    assert_error(await c.post("/restore/deblur", content=no_disposition, headers=broken), 400, "bad_multipart")
+    no_boundary = {"content-type": "multipart/form-data"}
+    assert_error(await c.post("/restore/deblur", content=b"--zzz--", headers=no_boundary), 400, "bad_multipart")
+    many = b"".join(
+        b'--zzz\r\nContent-Disposition: form-data; name="f%d"; filename="f"\r\n\r\nx\r\n' % i for i in range(2000)
+    )
+    assert_error(await c.post("/restore/deblur", content=many + b"--zzz--\r\n", headers=broken), 400, "bad_multipart")
+    no_image = b"--zzz--\r\n"
+    assert_error(await c.post("/restore/deblur", content=no_image, headers=broken), 422, "missing_image")
+
+
+async def test_mask_errors(live: LiveApp) -> None:
+    c, img = live.client, encode(gradient(32, 24))
+    part = ("a.png", img, "image/png")
+    assert_error(await c.post("/restore/inpaint", files={"image": part}), 422, "missing_mask")
+    assert_error(await c.post("/restore/inpaint", content=img, headers=PNG), 422, "missing_mask")
+    wrong = ("m.png", encode(Image.new("L", (16, 16))), "image/png")
+    assert_error(await c.post("/restore/inpaint", files={"image": part, "mask": wrong}), 422, "bad_mask")
+    junk = ("m.png", b"not an image", "image/png")
+    assert_error(await c.post("/restore/inpaint", files={"image": part, "mask": junk}), 422, "bad_mask")
+
+
+async def test_parameter_errors(live: LiveApp) -> None:
+    c, img = live.client, encode(gradient())
+    for query in ("seed=-1", "seed=abc", f"seed={2**63}", "format=gif", "quality=0", "quality=101"):
+        assert_error(await c.post(f"/restore/deblur?{query}", content=img, headers=PNG), 422, "bad_parameter")
+
+
+async def test_animated_image_is_refused(live: LiveApp) -> None:
+    frames = [gradient(), gradient().rotate(180)]
+    apng = encode(frames[0], "PNG", save_all=True, append_images=frames[1:])
+    assert_error(await live.client.post("/restore/deblur", content=apng, headers=PNG), 422, "multi_frame_image")
+
+
+async def test_size_caps(checkpoints) -> None:
+    settings = make_settings(checkpoints, max_body_bytes=4096, max_input_pixels=2000, max_output_pixels=20_000)
+    async for live in start_app(settings):
+        c = live.client
+        big = encode(gradient(100, 100).effect_spread(3))  # noisy: compresses badly, > 4 KiB
+        assert_error(await c.post("/restore/deblur", content=big, headers=PNG), 413, "body_too_large")
+
+        async def chunked(data: bytes):  # no Content-Length: the cap is enforced while streaming
+            for i in range(0, len(data), 1000):
+                yield data[i : i + 1000]
+
+        assert_error(await c.post("/restore/deblur", content=chunked(big), headers=PNG), 413, "body_too_large")
+        assert_error(await c.post("/restore/deblur", content=encode(gradient(50, 50)), headers=PNG), 413,
+                     "too_many_pixels")  # fmt: skip
+        assert_error(await c.post("/restore/sr-x4", content=encode(gradient(40, 40)), headers=PNG), 413,
+                     "output_too_large")  # fmt: skip
+        ok = await c.post("/restore/sr-x4", content=encode(gradient(30, 30)), headers=PNG)
+        assert ok.status_code == 200
+
+
+async def test_api_key(checkpoints) -> None:
+    async for live in start_app(make_settings(checkpoints, api_key="s3cret")):
+        c, img = live.client, encode(gradient())
+        assert_error(await c.post("/restore/deblur", content=img, headers=PNG), 401, "unauthorized")
+        bad = {**PNG, "authorization": "Bearer nope"}
+        assert_error(await c.post("/restore/deblur", content=img, headers=bad), 401, "unauthorized")
+        assert (await c.post("/restore/deblur", content=img, headers={**PNG, "x-api-key": "s3cret"})).status_code == 200
+        bearer = {**PNG, "authorization": "Bearer s3cret"}
+        assert (await c.post("/restore/deblur", content=img, headers=bearer)).status_code == 200
+        assert (await c.get("/healthz")).status_code == 200 and (await c.get("/metrics")).status_code == 200
+
+
+def gated(checkpoints, fail: bool = False) -> tuple[dict, GatedBackend]:
+    from service.runtime.devices import resolve_device
+
+    inner = TorchBackend(checkpoints["deblur"], None, resolve_device("cpu"))
+    backend = GatedBackend(inner, fail=fail)
+    return {"deblur": backend}, backend
+
+
+async def test_queue_full_then_recovers(checkpoints) -> None:
+    backends, backend = gated(checkpoints)
+    settings = make_settings({"deblur": checkpoints["deblur"]}, queue_size=2, max_batch_size=1, warmup_size=0)
+    async for live in start_app(settings, backends=backends):
+        c, img = live.client, encode(gradient())
+        first = asyncio.ensure_future(c.post("/restore/deblur", content=img, headers=PNG))
+        await asyncio.to_thread(backend.entered.wait, 10)
+        queued = [asyncio.ensure_future(c.post("/restore/deblur", content=img, headers=PNG)) for _ in range(2)]
+        for _ in range(500):
+            if live.state.tasks["deblur"].batcher.depth == 2:
+                break
+            await asyncio.sleep(0.01)
+        refused = await c.post("/restore/deblur", content=img, headers=PNG)
+        assert_error(refused, 503, "queue_full")
+        assert refused.headers["retry-after"] == "1"
+        backend.release.set()
+        assert [r.status_code for r in await asyncio.gather(first, *queued)] == [200, 200, 200]
+        text = (await c.get("/metrics")).text
+        assert 'diffir_rejected_total{reason="queue_full",task="deblur"} 1.0' in text
+        assert 'diffir_requests_total{code="503",task="deblur"} 1.0' in text
+
+
+async def test_deadline_exceeded(checkpoints) -> None:
+    backends, backend = gated(checkpoints)
+    settings = make_settings({"deblur": checkpoints["deblur"]}, deadline_s=0.3, max_batch_size=1, warmup_size=0)
+    async for live in start_app(settings, backends=backends):
+        c, img = live.client, encode(gradient())
+        slow = asyncio.ensure_future(c.post("/restore/deblur", content=img, headers=PNG))
+        await asyncio.to_thread(backend.entered.wait, 10)
+        queued = await c.post("/restore/deblur", content=img, headers=PNG)  # waits behind the stuck batch
+        assert_error(queued, 504, "deadline_exceeded")
+        backend.release.set()
+        assert_error(await slow, 504, "deadline_exceeded")  # answered late: the client gets 504, not a stale image
+        ok = await c.post("/restore/deblur", content=img, headers=PNG)
+        assert ok.status_code == 200
+
+
+async def test_backend_failure_is_a_500_for_that_batch_only(checkpoints) -> None:
+    backends, backend = gated(checkpoints, fail=True)
+    backend.release.set()
+    settings = make_settings({"deblur": checkpoints["deblur"]}, warmup_size=0)
+    async for live in start_app(settings, backends=backends):
+        r = await live.client.post("/restore/deblur", content=encode(gradient()), headers=PNG)
+        assert_error(r, 500, "internal_error")
+        backend.fail = False
+        assert (await live.client.post("/restore/deblur", content=encode(gradient()), headers=PNG)).status_code == 200
+
+
+async def test_draining_refuses_new_work(live: LiveApp) -> None:
+    live.state.set_draining()
+    r = await live.client.post("/restore/deblur", content=encode(gradient()), headers=PNG)
+    assert_error(r, 503, "draining")
+    assert r.headers["retry-after"] == "1"
+    ready = await live.client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["status"] == "draining"
