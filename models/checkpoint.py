@@ -199,26 +199,30 @@ def _resolve_config(
     return infer_variant(sd, stage, source)
 
 
+def _load(path: str | Path, variant: str | ModelConfig | None, device: str | torch.device, stage: Stage):
+    sd, meta = read_checkpoint(path)
+    config = _resolve_config(sd, meta, variant, stage, str(path))
+    net = DiffIRS2(config) if stage == "s2" else DiffIRS1(config)
+    _load_strict(net, sd, str(path))
+    return net.to(device).eval()
+
+
 def load_model(
     path: str | Path, variant: str | ModelConfig | None = None, device: str | torch.device = "cpu"
 ) -> DiffIRS2:
-    """The stage-2 network in eval mode from an official or our own checkpoint (strict)."""
-    sd, meta = read_checkpoint(path)
-    config = _resolve_config(sd, meta, variant, "s2", str(path))
-    net = DiffIRS2(config)
-    _load_strict(net, sd, str(path))
-    return net.to(device).eval()
+    """The stage-2 network in eval mode from an official or our own checkpoint (strict).
+
+    `variant` is a preset name or a `ModelConfig`; without it, our sidecar names it, or the
+    tensor shapes must match exactly one preset (else a `CheckpointError` says what to pass).
+    """
+    return _load(path, variant, device, "s2")
 
 
 def load_stage1_model(
     path: str | Path, variant: str | ModelConfig | None = None, device: str | torch.device = "cpu"
 ) -> DiffIRS1:
-    """The stage-1 network (CPEN_S1 + DIRformer) in eval mode (strict)."""
-    sd, meta = read_checkpoint(path)
-    config = _resolve_config(sd, meta, variant, "s1", str(path))
-    net = DiffIRS1(config)
-    _load_strict(net, sd, str(path))
-    return net.to(device).eval()
+    """The stage-1 network (CPEN_S1 + DIRformer) in eval mode (strict); needed for training only."""
+    return _load(path, variant, device, "s1")
 
 
 def save_checkpoint(model: DiffIRS1 | DiffIRS2, path: str | Path, provenance: Mapping[str, Any] | None = None) -> Path:

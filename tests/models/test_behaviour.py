@@ -103,3 +103,14 @@ def test_training_forward_has_gradients_into_prior():
     assert net.condition.E[0].weight.grad.abs().sum() > 0
     assert net.denoise.resmlp[0].weight.grad.abs().sum() > 0
     assert net.G.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_shipped_presets_fit_the_size_budget(task):
+    """Default models must stay <= 20 MB as float32 safetensors (issue: shipped defaults)."""
+    with torch.device("meta"):
+        net = DiffIRS2(TASKS[task].config)
+    from models.checkpoint import canonical_state_dict
+
+    size = sum(t.numel() * 4 for t in canonical_state_dict(net).values())
+    assert size <= 20e6, f"{task}: {size / 1e6:.1f} MB"
