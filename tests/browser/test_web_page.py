@@ -5,6 +5,7 @@ Each test saves a screenshot of the state it checks under test-output/browser/.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.browser.support import MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS, Server, sent_form
+from tests.browser.support import MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS, Server, make_image, sent_form
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -320,3 +321,47 @@ def test_phone_viewport_keyboard_only(open_page, server: Server, image_file, sho
     result = page.locator("#compare-stage").bounding_box()
     assert result["width"] <= 390
     page.screenshot(path=shots / "09-phone-result.png", full_page=True)
+
+
+def test_progress_state_and_cancel(open_page, server: Server, image_file, shots: Path):
+    page = open_page()
+    held = []
+    page.route("**/restore/**", lambda route: held.append(route))  # held: the page stays in progress
+    choose(page, "deblur", image_file(32, 24, "slow.png"))
+    page.get_by_role("button", name="Restore").click()
+    page.wait_for_selector("body[data-state=busy]")
+    assert page.locator("#progress").is_visible()
+    assert page.locator("#form").get_attribute("aria-busy") == "true"
+    assert page.get_by_role("button", name="Restoring…").is_disabled()
+    page.wait_for_function(
+        "/(Uploading|Restoring on the server)… \\d+\\.\\d s/.test(document.getElementById('status').textContent)"
+    )
+    page.screenshot(path=shots / "12-progress.png", full_page=True)
+
+    page.get_by_role("button", name="Cancel").click()
+    page.wait_for_selector("body[data-state=idle]")
+    assert "Cancelled" in page.inner_text("#status")
+    assert page.locator("#progress").is_hidden()
+    for route in held:
+        with contextlib.suppress(Exception):
+            route.abort()
+    page.unroute("**/restore/**")
+    restore(page)  # and the next try goes through
+    assert page.get_attribute("#result", "data-width") == "32"
+
+
+def test_exif_rotated_jpeg_mask_follows_the_displayed_orientation(open_page, server: Server, tmp_path: Path):
+    page = open_page()
+    stored = Image.fromarray(make_image(40, 24, seed=9))  # stored landscape, shown portrait (EXIF 6)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "portrait.jpg"
+    stored.save(path, quality=95, exif=exif)
+    choose(page, "inpaint", path)
+    assert "24 × 40 px" in page.inner_text("#image-info")
+    assert page.locator("#mask-canvas").evaluate("c => [c.width, c.height]") == [24, 40]
+    box = page.locator("#mask-canvas").bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    restore(page)  # the server applies EXIF orientation too, so the mask's size matches
+    assert (page.get_attribute("#result", "data-width"), page.get_attribute("#result", "data-height")) == ("24", "40")
+    assert page.get_attribute("#download", "download") == "portrait-inpaint.jpg"  # JPEG in, JPEG out by default

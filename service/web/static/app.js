@@ -34,6 +34,7 @@
     painting: null, // {x, y} of the last point while a stroke is in progress
     undoStack: [],
     maskPixels: 0,
+    rawMask: null, // a mask file sent as-is, for images the browser cannot show
     xhr: null,
     timer: 0,
     result: null, // {url, blob, width, height, scale, task, ...}
@@ -267,8 +268,11 @@
     }
     if (t && t.needsMask && state.file) {
       if (!state.image) {
-        ready = false;
-        els.maskInfo.textContent = "";
+        // The browser cannot show the image (e.g. TIFF): no painting, but an uploaded mask goes as-is.
+        ready = ready && Boolean(state.rawMask);
+        els.maskInfo.textContent = state.rawMask
+          ? `Mask ${state.rawMask.name} is sent as-is (it must have the image's size).`
+          : "This browser cannot show the image, so the mask cannot be painted; upload a mask file instead.";
       } else if (state.maskPixels === 0) {
         ready = false;
         els.maskInfo.textContent = "Paint over the part to fill (or upload a mask) to enable Restore.";
@@ -320,6 +324,7 @@
   const MASK_RGB = [0xff, 0x1f, 0x5a, 255];
 
   function resetMask() {
+    state.rawMask = null;
     state.undoStack = [];
     state.maskPixels = 0;
     if (!state.image) return;
@@ -340,9 +345,6 @@
     const canPaint = Boolean(state.image);
     els.paintStage.parentElement.hidden = !canPaint;
     for (const el of [els.brushSize, els.toolBrush, els.toolEraser]) el.disabled = !canPaint;
-    if (t && t.needsMask && state.file && !canPaint) {
-      els.maskInfo.textContent = "A mask can only be painted on an image this browser can show.";
-    }
   }
 
   function fitStage(stage, w, h, maxVh) {
@@ -491,7 +493,12 @@
   els.maskInput.addEventListener("change", async () => {
     const file = els.maskInput.files[0];
     els.maskInput.value = "";
-    if (!file || !state.image) return;
+    if (!file || !state.file) return;
+    if (!state.image) {
+      state.rawMask = file;
+      refreshValidity();
+      return;
+    }
     const img = new Image();
     const url = URL.createObjectURL(file);
     img.src = url;
@@ -566,8 +573,8 @@
     const body = new FormData();
     body.append("image", state.file, state.file.name || "image.png");
     if (t.needsMask) {
-      const mask = await maskBlob();
-      body.append("mask", mask, "mask.png");
+      const mask = state.image ? await maskBlob() : state.rawMask;
+      body.append("mask", mask, state.image ? "mask.png" : mask.name);
       if (t.maxBodyBytes && state.file.size + mask.size > t.maxBodyBytes) {
         return showError(
           `The image and its mask are ${formatBytes(state.file.size + mask.size)} together; the server accepts at most ${formatBytes(t.maxBodyBytes)}.`,
