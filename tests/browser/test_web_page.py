@@ -365,3 +365,17 @@ def test_exif_rotated_jpeg_mask_follows_the_displayed_orientation(open_page, ser
     restore(page)  # the server applies EXIF orientation too, so the mask's size matches
     assert (page.get_attribute("#result", "data-width"), page.get_attribute("#result", "data-height")) == ("24", "40")
     assert page.get_attribute("#download", "download") == "portrait-inpaint.jpg"  # JPEG in, JPEG out by default
+
+
+def test_phone_touch_painting(open_page, server: Server, image_file, shots: Path):
+    page = open_page(viewport={"width": 390, "height": 844}, has_touch=True, is_mobile=True)
+    choose(page, "inpaint", image_file(48, 64, "tall.png"))
+    canvas = page.locator("#mask-canvas")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    assert box["width"] <= 390
+    page.touchscreen.tap(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.wait_for_function("!document.getElementById('restore').disabled")  # a tap paints a dot
+    assert page.evaluate("document.scrollingElement.scrollWidth") <= 390
+    page.screenshot(path=shots / "13-phone-painting.png", full_page=True)
+    restore(page)
