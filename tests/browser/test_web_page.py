@@ -379,3 +379,31 @@ def test_phone_touch_painting(open_page, server: Server, image_file, shots: Path
     assert page.evaluate("document.scrollingElement.scrollWidth") <= 390
     page.screenshot(path=shots / "13-phone-painting.png", full_page=True)
     restore(page)
+
+
+def test_mask_can_be_painted_with_the_keyboard(open_page, server: Server, image_file, shots: Path):
+    page = open_page()
+    choose(page, "inpaint", image_file(40, 32, "keys.png"))
+    holes = (
+        "c => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+        " let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] === 255; return n; }"
+    )
+    canvas = page.locator("#mask-canvas")
+    canvas.focus()
+    page.keyboard.press("Space")
+    dot = canvas.evaluate(holes)
+    assert dot > 0
+    for _ in range(3):
+        page.keyboard.press("Shift+ArrowRight")
+    line = canvas.evaluate(holes)
+    assert line > dot
+    page.keyboard.press("Control+z")
+    assert dot <= canvas.evaluate(holes) < line
+    page.keyboard.press("e")
+    assert page.get_by_role("button", name="Eraser").get_attribute("aria-pressed") == "true"
+    page.keyboard.press("e")
+    page.screenshot(path=shots / "14-keyboard-painting.png", full_page=True)
+    page.locator("#restore").focus()
+    with page.expect_response("**/restore/**"):
+        page.keyboard.press("Enter")
+    page.wait_for_selector("body[data-state=done]")

@@ -428,16 +428,22 @@
     state.painting = p;
   }
 
-  function moveBrushCursor(e) {
+  /** Show the brush outline at (x, y) in image pixels. */
+  function showBrushAt(x, y) {
     const r = els.maskCanvas.getBoundingClientRect();
-    const d = (Number(els.brushSize.value) * r.width) / els.maskCanvas.width;
+    const k = r.width / els.maskCanvas.width;
+    const d = Number(els.brushSize.value) * k;
     Object.assign(els.brushCursor.style, {
-      left: `${e.clientX - r.left}px`,
-      top: `${e.clientY - r.top}px`,
+      left: `${x * k}px`,
+      top: `${y * k}px`,
       width: `${d}px`,
       height: `${d}px`,
     });
     els.brushCursor.hidden = false;
+  }
+  function moveBrushCursor(e) {
+    const p = canvasPoint(e);
+    showBrushAt(p.x, p.y);
   }
 
   els.maskCanvas.addEventListener("pointerdown", (e) => {
@@ -462,8 +468,45 @@
   els.maskCanvas.addEventListener("pointerleave", () => {
     els.brushCursor.hidden = true;
   });
+  // Keyboard painting: arrows move the brush, Shift+arrows paint along the way, Space or Enter paints a dot.
+  const ARROWS = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
+  let keyCursor = null;
+  els.maskCanvas.addEventListener("focus", () => {
+    if (!state.image) return;
+    keyCursor = keyCursor || { x: state.width / 2, y: state.height / 2 };
+    showBrushAt(keyCursor.x, keyCursor.y);
+  });
+  els.maskCanvas.addEventListener("blur", () => {
+    els.brushCursor.hidden = true;
+  });
   els.maskCanvas.addEventListener("keydown", (e) => {
-    if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") {
+    if (!state.image) return;
+    if (e.key in ARROWS && !e.ctrlKey && !e.metaKey && !e.altKey) {
+      e.preventDefault();
+      keyCursor = keyCursor || { x: state.width / 2, y: state.height / 2 };
+      const step = Math.max(1, Math.round(Number(els.brushSize.value) / 2));
+      const [dx, dy] = ARROWS[e.key];
+      const next = {
+        x: Math.min(state.width - 0.5, Math.max(0.5, keyCursor.x + dx * step)),
+        y: Math.min(state.height - 0.5, Math.max(0.5, keyCursor.y + dy * step)),
+      };
+      if (e.shiftKey) {
+        pushUndo();
+        state.painting = keyCursor;
+        strokeTo(next);
+        state.painting = next;
+        endStroke();
+      }
+      keyCursor = next;
+      showBrushAt(keyCursor.x, keyCursor.y);
+    } else if (e.key === " " || e.key === "Enter") {
+      e.preventDefault();
+      keyCursor = keyCursor || { x: state.width / 2, y: state.height / 2 };
+      pushUndo();
+      state.painting = null;
+      strokeTo(keyCursor);
+      endStroke();
+    } else if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "z") {
       e.preventDefault();
       undo();
     } else if (e.key === "[" || e.key === "]") {
