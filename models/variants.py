@@ -51,7 +51,7 @@ _SMALL = (
         kind="sr",
         scale=4,
         dirformer=DIRformerConfig(
-            dim=32, num_blocks=(4, 1, 1, 1), num_refinement_blocks=2, ffn_expansion_factor=2.2, layer_norm="bias_free"
+            dim=24, num_blocks=(4, 1, 1, 1), num_refinement_blocks=2, ffn_expansion_factor=2.2, layer_norm="bias_free"
         ),
         cpen=CPENConfig(n_resblocks=2),
     ),
