@@ -149,10 +149,17 @@ def service_env(checkpoints: dict[str, Path], **settings: str) -> dict[str, str]
 
 
 @contextlib.contextmanager
-def running_service(tmp: Path, checkpoints: dict[str, Path], **settings: str) -> Iterator[tuple[Process, str]]:
+def running_service(
+    tmp: Path,
+    checkpoints: dict[str, Path],
+    prefix: tuple[str, ...] = (),
+    extra_env: dict | None = None,
+    **settings: str,
+) -> Iterator[tuple[Process, str]]:
+    """`python -m service` on a free loopback port (optionally under a wrapper command), ready when yielded."""
     port = free_port()
-    env = service_env(checkpoints, **settings)
-    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
+    env = {**service_env(checkpoints, **settings), **(extra_env or {})}
+    cmd = [*prefix, sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
     proc = Process(cmd, tmp / f"service-{port}.log", env=env)
     base = f"http://127.0.0.1:{port}"
     try:
