@@ -205,3 +205,38 @@ def test_constraints_pin_every_installed_dependency():
     assert "onnxruntime-gpu" in pins
     for dockerfile in DOCKERFILES:
         assert "TORCH_VERSION=2.13.0" in dockerfile.read_text()
+
+
+def test_constraints_satisfy_every_requirement():
+    """Offline resolver check: each pin satisfies the specifiers of pyproject's extras and of every pinned
+    package's own requirements, so `pip install --constraint` in the image builds cannot conflict."""
+    import importlib.util
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    spec = importlib.util.spec_from_file_location("pin_constraints", REPO / "docker" / "pin_constraints.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pins = {
+        module.canonical(line.split("==")[0]): line.split("==")[1]
+        for line in (REPO / "docker" / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    pins["torch"] = "2.13.0"
+    own = metadata.distribution(module.PROJECT).requires or []  # pyproject's dependencies and extras
+    requirements = [(module.PROJECT, r) for r in own if module._marker_ok(r, module.EXTRAS)]
+    assert any("fastapi" in r for _, r in requirements)
+    for name in pins:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # e.g. onnxruntime-gpu on a CPU machine
+        requirements += [(name, r) for r in dist.requires or [] if module._marker_ok(r, ())]
+    problems = []
+    for owner, text in requirements:
+        req = Requirement(text)
+        pinned = pins.get(module.canonical(req.name))
+        if pinned is not None and req.specifier and not req.specifier.contains(pinned, prereleases=True):
+            problems.append(f"{owner} needs {text}, constraints pin {pinned}")
+    assert not problems, "\n".join(problems)
