@@ -69,6 +69,7 @@
   function clearError() {
     els.error.hidden = true;
     els.error.replaceChildren();
+    if (document.body.dataset.state === "error") setBodyState("idle");
   }
   function showError(message, details = []) {
     const msg = document.createElement("p");
@@ -606,7 +607,18 @@
     refreshValidity();
   }
 
+  let preparing = false; // between the click and the request (the mask PNG is encoded first)
   async function restore() {
+    if (preparing) return;
+    preparing = true;
+    try {
+      await startRestore();
+    } finally {
+      preparing = false;
+    }
+  }
+
+  async function startRestore() {
     const t = currentTask();
     if (!t || !state.file || state.xhr) return;
     clearError();
@@ -747,6 +759,8 @@
       tr.insertCell().textContent = value;
     };
     for (const m of metrics) row(m.desc || m.name, m.dur === null || Number.isNaN(m.dur) ? "—" : formatMs(m.dur));
+    const timed = metrics.filter((m) => m.dur !== null && !Number.isNaN(m.dur));
+    if (timed.length > 1) row("server total", formatMs(timed.reduce((sum, m) => sum + m.dur, 0)));
     if (!metrics.length) row("(no Server-Timing header)", "");
     row("round trip (browser)", formatMs(elapsed));
   }
