@@ -7,7 +7,16 @@ import re
 import pytest
 import yaml
 
-from tests.deploy.conftest import ADAPTER_VALUES, K8S, REPO, load_yaml_docs, run, service_metrics, tool
+from tests.deploy.conftest import (
+    ADAPTER_VALUES,
+    K8S,
+    KUSTOMIZATIONS,
+    REPO,
+    load_yaml_docs,
+    run,
+    service_metrics,
+    tool,
+)
 
 K8S_VERSIONS = ("1.29.0", "1.37.0")  # oldest and newest schema we claim to support
 CRD_KINDS = {"ServiceMonitor"}  # not in the Kubernetes schemas: checked against the operator's CRD models below
@@ -54,6 +63,24 @@ def test_every_kustomization_renders(rendered):
             ]
         ), name
         assert all(r["metadata"].get("namespace") == "diffir" for r in resources if r["kind"] != "Namespace")
+
+
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_fallback_renderer_matches_kubectl_kustomize(name):
+    """kustomize_lite (used where kubectl is missing) renders exactly what the real kustomize renders."""
+    import shutil
+
+    from tests.deploy.kustomize_lite import render
+
+    if shutil.which("kubectl") is None:
+        pytest.skip("no kubectl here: the manifests were rendered by kustomize_lite, nothing to compare with")
+    proc = run(["kubectl", "kustomize", str(KUSTOMIZATIONS[name])])
+    assert proc.returncode == 0, proc.stderr
+
+    def key(doc: dict) -> tuple[str, str]:
+        return doc["kind"], doc["metadata"]["name"]
+
+    assert sorted(render(KUSTOMIZATIONS[name]), key=key) == sorted(load_yaml_docs(proc.stdout), key=key)
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
