@@ -1,0 +1,298 @@
+"""Typed training configuration: one flat dataclass, task defaults, config files and CLI overrides.
+
+Precedence: dataclass defaults < the task's recipe (`TASK_RECIPES`) < a config file (`--config
+file.toml|json`) < command-line flags. Every layer is checked against the dataclass fields, so a
+misspelt key is an error rather than a silently ignored setting.
+
+Learning-rate milestones and patch phases are *fractions of `steps`*: the official recipes are
+long (300k-1M iterations) and scaling them proportionally keeps their shape for short CPU runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from models.config import ModelConfig
+from models.tasks import TASKS, get_task
+from models.variants import get_preset
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    task: str = "sr-x4"
+    stage: int = 1
+    preset: str = ""
+    """Network preset; empty = the task's preset (models.tasks)."""
+    degradation: str = ""
+    """Degradation id; empty = the task's (e.g. `realesrgan` with an sr task = the realsr family)."""
+    model_dim: int = 0
+    model_blocks: tuple[int, ...] = ()
+    model_refinement: int = -1
+    model_heads: tuple[int, ...] = ()
+    model_ffn: float = 0.0
+    model_cpen_blocks: int = -1
+    model_cpen_feats: int = 0
+    # data
+    data: tuple[str, ...] = ()
+    """Folders of clean images (unpaired mode)."""
+    paired: str = ""
+    """A folder with lq/ and gt/ sub-folders (paired mode)."""
+    val: str = ""
+    val_images: int = 4
+    val_crop: int = 192
+    val_seed: int = 1234
+    val_save: int = 2
+    mask_dir: str = ""
+    mask_hole_is_white: bool = True
+    mask_coverage: tuple[float, float] = (0.0, 1.0)
+    patches: tuple[int, ...] = (128,)
+    batches: tuple[int, ...] = (8,)
+    phase_fracs: tuple[float, ...] = ()
+    """Fraction of `steps` spent in each patch phase (empty: equal shares)."""
+    workers: int = 2
+    augment: bool = True
+    # optimisation
+    steps: int = 1000
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    weight_decay: float = 0.0
+    schedule: str = "multistep"
+    """multistep | cosine_restart | cosine | constant (stage-2 warm-up handled separately)."""
+    milestones: tuple[float, ...] = (0.5, 0.7)
+    gamma: float = 0.5
+    periods: tuple[float, ...] = (1.0,)
+    restart_weights: tuple[float, ...] = (1.0,)
+    eta_min: tuple[float, ...] = (1e-6,)
+    grad_clip: float = 0.0
+    ema: float = 0.999
+    ema_warmup: bool = False
+    """Use min(ema, (1+step)/(10+step)) so that short runs are not dominated by the random init."""
+    encoder_frac: float = 0.0
+    """Stage 2: fraction of steps of the L_diff-only warm-up of CPEN_S2 + denoiser (official 0.25)."""
+    lr_encoder: float = 2e-4
+    encoder_decay_frac: float = 0.6
+    """Stage 2 warm-up: LR x0.1 after this fraction of the warm-up (official 60k of 100k)."""
+    joint_decay_frac: float = 0.0
+    """Stage 2 after warm-up: LR x `gamma` every this fraction of steps (0 = use `schedule`)."""
+    # losses
+    weight_known: float = 1.0
+    weight_missing: float = 1.0
+    diff_weight: float = 1.0
+    gan_weight: float = 0.0
+    fm_weight: float = 0.0
+    perceptual_weight: float = 0.0
+    vgg_weights: str = ""
+    d_lr: float = 1e-4
+    # run
+    init: str = ""
+    """Stage 2: the stage-1 checkpoint (default: <out>/s1/model_latest.safetensors)."""
+    out: str = ""
+    """Run folder (default runs/<task>); stage folders s1/ and s2/ inside."""
+    resume: bool = False
+    seed: int = 0
+    noise_seed: int = 0
+    threads: int = 0
+    device: str = "auto"
+    amp: bool = False
+    log_every: int = 10
+    val_every: int = 500
+    save_every: int = 500
+    keep: int = 3
+    progress: bool = True
+    max_minutes: float = 0.0
+    """Stop (and save) after this wall time; 0 = no limit. Lets a scheduler share a CPU fairly."""
+
+    # --- derived ------------------------------------------------------------------------------
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.task}")
+
+    @property
+    def stage_dir(self) -> Path:
+        return self.run_dir / f"s{self.stage}"
+
+    def model_config(self) -> ModelConfig:
+        """The task's preset (or `preset`) with the `model_*` overrides applied (tiny test models)."""
+        base = get_preset(self.preset or get_task(self.task).preset)
+        g, c = base.dirformer, base.cpen
+        g = dataclasses.replace(
+            g,
+            dim=self.model_dim or g.dim,
+            num_blocks=tuple(self.model_blocks) or g.num_blocks,
+            num_refinement_blocks=g.num_refinement_blocks if self.model_refinement < 0 else self.model_refinement,
+            heads=tuple(self.model_heads) or g.heads,
+            ffn_expansion_factor=self.model_ffn or g.ffn_expansion_factor,
+        )
+        c = dataclasses.replace(
+            c,
+            n_resblocks=c.n_resblocks if self.model_cpen_blocks < 0 else self.model_cpen_blocks,
+            n_feats=self.model_cpen_feats or c.n_feats,
+        )
+        changed = (g, c) != (base.dirformer, base.cpen)
+        return dataclasses.replace(base, dirformer=g, cpen=c, name=f"{base.name}-custom" if changed else base.name)
+
+    def degradation_id(self) -> str:
+        return self.degradation or get_task(self.task).degradation
+
+
+_SR_BASE: dict[str, Any] = {"betas": (0.9, 0.99), "patches": (128,), "batches": (8,)}
+
+# Recipes: the official hyper-parameters per family (reference §2-5), with lengths as fractions.
+TASK_RECIPES: dict[str, dict[int, dict[str, Any]]] = {
+    "deblur": {
+        1: {
+            "betas": (0.9, 0.999),
+            "schedule": "cosine_restart",
+            "periods": (92 / 300, 208 / 300),
+            "restart_weights": (1.0, 1.0),
+            "eta_min": (2.85e-4, 1e-6),
+            "patches": (128, 160, 192),
+            "batches": (8, 5, 4),
+            "phase_fracs": (0.4, 0.3, 0.3),
+        },
+        2: {
+            "betas": (0.9, 0.99),
+            "encoder_frac": 0.25,
+            "joint_decay_frac": 0.2,
+            "patches": (128, 160, 192),
+            "batches": (8, 5, 4),
+            "phase_fracs": (0.4, 0.3, 0.3),
+        },
+    },
+    "sr": {
+        1: {**_SR_BASE, "schedule": "multistep", "milestones": (0.5, 0.7)},
+        2: {**_SR_BASE, "schedule": "multistep", "milestones": (0.5, 0.7)},
+    },
+    "realsr": {
+        1: {**_SR_BASE, "schedule": "multistep", "milestones": (0.5, 0.7)},
+        2: {**_SR_BASE, "encoder_frac": 0.1, "joint_decay_frac": 0.6},
+    },
+    "inpaint": {
+        1: {"betas": (0.9, 0.999), "schedule": "constant", "grad_clip": 1.0, "ema": 0.0, "weight_known": 10.0,
+            "weight_missing": 0.0, "patches": (128,), "batches": (4,)},
+        2: {"betas": (0.9, 0.999), "schedule": "constant", "grad_clip": 1.0, "ema": 0.0, "weight_known": 10.0,
+            "weight_missing": 0.0, "patches": (128,), "batches": (4,)},
+    },
+}  # fmt: skip
+
+
+def family(task: str, degradation: str = "") -> str:
+    kind = get_task(task).config.kind
+    if kind == "sr" and (degradation or get_task(task).degradation) == "realesrgan":
+        return "realsr"
+    return kind
+
+
+# --- parsing -------------------------------------------------------------------------------------
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in fields(TrainConfig)}
+
+
+def _coerce(name: str, tp: Any, value: Any) -> Any:
+    """Convert a config-file or CLI value to the field's type, or raise a clear error."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{name}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item = args[0]
+        out = tuple(_coerce(name, item, v) for v in value)
+        if len(args) == 2 and args[1] is not Ellipsis and len(out) != len(args):
+            raise ValueError(f"{name}: expected {len(args)} values, got {len(out)}")
+        return out
+    if origin in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {value!r}")
+    try:
+        return tp(value)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name}: cannot read {value!r} as {tp.__name__}") from exc
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any], source: str) -> TrainConfig:
+    types_ = _field_types()
+    unknown = sorted(set(overrides) - set(types_))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}")
+    return dataclasses.replace(cfg, **{k: _coerce(k, types_[k], v) for k, v in overrides.items()})
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.suffix == ".toml":
+        import tomllib
+
+        return tomllib.loads(path.read_text())
+    return json.loads(path.read_text())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="TOML or JSON file with TrainConfig keys")
+    for name, tp in _field_types().items():
+        flag = "--" + name.replace("_", "-")
+        if name == "data":
+            parser.add_argument(flag, nargs="+", default=None, help="folder(s) of clean training images")
+        elif tp is bool:
+            parser.add_argument(flag, nargs="?", const="true", default=None, metavar="BOOL")
+        else:
+            parser.add_argument(flag, default=None, metavar=name.upper())
+
+
+def config_from_args(args: argparse.Namespace, stage: int) -> TrainConfig:
+    cli = {k: v for k, v in vars(args).items() if k in _field_types() and v is not None}
+    file_values = load_config_file(args.config) if args.config else {}
+    task = cli.get("task") or file_values.get("task") or TrainConfig.task
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    degradation = cli.get("degradation") or file_values.get("degradation") or ""
+    cfg = TrainConfig(task=task, stage=stage)
+    cfg = apply_overrides(cfg, TASK_RECIPES[family(task, degradation)][stage], "recipe")
+    for layer, source in ((file_values, str(args.config)), (cli, "command line")):
+        if "patches" in layer and "phase_fracs" not in layer:  # new patch sizes, no shares given: equal
+            layer = layer | {"phase_fracs": ()}
+        cfg = apply_overrides(cfg, layer, source)
+    return dataclasses.replace(cfg, stage=stage)
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def phases(cfg: TrainConfig) -> list[tuple[int, int, int]]:
+    """(steps, patch, batch) per phase; the last phase absorbs rounding."""
+    n = len(cfg.patches)
+    if len(cfg.batches) != n:
+        raise ValueError(f"patches {cfg.patches} and batches {cfg.batches} differ in length")
+    fracs = cfg.phase_fracs or tuple(1.0 / n for _ in range(n))
+    if len(fracs) != n:
+        raise ValueError(f"phase_fracs needs {n} values")
+    total = sum(fracs)
+    out, used = [], 0
+    for i, (f, p, b) in enumerate(zip(fracs, cfg.patches, cfg.batches)):
+        steps = cfg.steps - used if i == n - 1 else round(cfg.steps * f / total)
+        out.append((max(steps, 1), p, b))
+        used += steps
+    return out
+
+
+def sequence_arg(values: Sequence[Any]) -> str:
+    return ",".join(str(v) for v in values)
