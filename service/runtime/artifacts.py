@@ -1,6 +1,7 @@
 """Exported graphs on disk: `<dir>/<name>.<graph>.<onnx|ts>` with a JSON sidecar each.
 
-The sidecar (written by `python -m training export`) carries the checkpoint's fields (variant,
+The sidecar (written by `python -m training export`; `<file>.json` is preferred when present, so
+an ONNX and a TorchScript export can share a folder) carries the checkpoint's fields (variant,
 config, ...) plus `graph`, `inputs`, `outputs`, `size_multiple` and the sha256 of the artifact
 itself. Configuring any one of a model's graphs finds its siblings, so the tiling pair
 (`prior` + `restorer`) is picked up without more settings.
@@ -47,12 +48,18 @@ def split_name(path: Path) -> tuple[str, str]:
     return name, graph
 
 
+def sidecar_for(path: Path) -> Path:
+    """`<file>.json` (e.g. `deblur.full.onnx.json`) when present, else `<name>.<graph>.json`."""
+    own = path.with_name(path.name + ".json")
+    return own if own.is_file() else path.with_suffix(".json")
+
+
 def read_artifact(path: Path) -> Artifact:
     """Check the file, its sidecar and its sha256; return what the sidecar says."""
     _, graph = split_name(path)
     if not path.is_file():
         raise ArtifactError(f"artifact not found: {path}")
-    sidecar = path.with_suffix(".json")
+    sidecar = sidecar_for(path)
     if not sidecar.is_file():
         raise ArtifactError(f"{path}: sidecar {sidecar.name} is missing")
     try:
@@ -61,6 +68,12 @@ def read_artifact(path: Path) -> Artifact:
         raise ArtifactError(f"{sidecar}: unreadable sidecar ({exc})") from exc
     if not isinstance(meta, dict) or "config" not in meta or "sha256" not in meta:
         raise ArtifactError(f"{sidecar}: sidecar lacks `config` or `sha256`")
+    described = meta.get("artifact")
+    if described and described != path.name:
+        raise ArtifactError(
+            f"{sidecar} describes {described}, not {path.name} (ONNX and TorchScript exports in one folder share "
+            f"`<name>.<graph>.json`; export each format into its own folder)"
+        )
     digest = _sha256(path)
     if digest != meta["sha256"]:
         raise ArtifactError(f"{path}: sha256 {digest[:16]}… does not match the sidecar's {str(meta['sha256'])[:16]}…")
