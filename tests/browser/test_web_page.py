@@ -115,6 +115,7 @@ def test_deblur_upload_restore_compare_download(open_page, server: Server, image
     page.get_by_role("button", name="Zoom 1:1").click()
     dpr = page.evaluate("devicePixelRatio")
     assert page.locator("#compare-stage").bounding_box()["width"] == pytest.approx(48 / dpr, abs=0.5)
+    page.screenshot(path=shots / "03-deblur-zoom-1to1.png", full_page=True)
     page.get_by_role("button", name="Fit to view").click()
 
 
