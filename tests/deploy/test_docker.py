@@ -240,3 +240,29 @@ def test_constraints_satisfy_every_requirement():
         if pinned is not None and req.specifier and not req.specifier.contains(pinned, prereleases=True):
             problems.append(f"{owner} needs {text}, constraints pin {pinned}")
     assert not problems, "\n".join(problems)
+
+
+def test_every_package_data_file_reaches_the_images():
+    """Non-Python files of the packages (web page, training recipes, shipped weights) are in the build context and
+    installed: listed in pyproject's package-data, or copied next to the package by the Dockerfile."""
+    from fnmatch import fnmatch
+
+    text = (REPO / "pyproject.toml").read_text()
+    section = text.split("[tool.setuptools.package-data]", 1)[1].split("\n[", 1)[0]
+    package_data = {
+        pkg: re.findall(r'"([^"]+)"', rhs) for pkg, rhs in re.findall(r"^(\w+)\s*=\s*\[(.*)\]", section, re.M)
+    }
+    installs = {"models": ["Dockerfile.cpu", "Dockerfile.cuda"], "service": ["Dockerfile.cpu", "Dockerfile.cuda"]}
+    installs["training"] = ["Dockerfile.cuda"]
+    files = run(["git", "ls-files", "--cached", "--others", "--exclude-standard", *installs]).stdout.split()
+    context = _context_files()
+    data_files = [f for f in files if not f.endswith(".py") and not f.endswith(".gitkeep")]
+    assert any(f.startswith("service/web/static/") for f in data_files)
+    for path in data_files:
+        package, rel = path.split("/", 1)
+        assert path in context, f"{path} is not in the build context (.dockerignore)"
+        if any(fnmatch(rel, pattern) for pattern in package_data.get(package, [])):
+            continue
+        for dockerfile in installs[package]:
+            copied = re.findall(r"copytree\('([^']+)'", (REPO / "docker" / dockerfile).read_text())
+            assert any(path.startswith(src.rstrip("/") + "/") for src in copied), f"{dockerfile} leaves out {path}"
