@@ -56,6 +56,13 @@ def download(page, folder: Path):
 def test_page_is_served_and_lists_tasks(open_page, server: Server, shots: Path):
     page = open_page(key=False)
     assert page.title() == "DiffIR restoration"
+    # everything comes from the service itself (no CDN, no web font), and it is small
+    loaded = page.evaluate("performance.getEntriesByType('resource').map(e => [e.name, e.encodedBodySize])")
+    assert loaded
+    for url, _ in loaded:
+        assert url.startswith((server.url, "data:", "blob:")), f"the page fetched {url}"
+    static = Path(__file__).resolve().parents[2] / "service" / "web" / "static"
+    assert sum(f.stat().st_size for f in static.rglob("*") if f.is_file()) < 120_000
     options = page.locator("#task option").evaluate_all("os => os.map(o => o.value)")
     assert {"deblur", "sr-x4", "inpaint"} <= set(options)
     page.get_by_label("Task").select_option("inpaint")
@@ -408,3 +415,34 @@ def test_mask_can_be_painted_with_the_keyboard(open_page, server: Server, image_
     with page.expect_response("**/restore/**"):
         page.keyboard.press("Enter")
     page.wait_for_selector("body[data-state=done]")
+
+
+def test_image_by_drop_and_by_paste(open_page, server: Server, image_file):
+    page = open_page()
+    page.get_by_label("Task").select_option("deblur")
+    data = list(image_file(30, 20, "dropped.png").read_bytes())
+    make_file = "(bytes, name) => new File([new Uint8Array(bytes)], name, { type: 'image/png' })"
+    page.evaluate(
+        f"""([bytes]) => {{
+            const dt = new DataTransfer();
+            dt.items.add(({make_file})(bytes, 'dropped.png'));
+            const drop = new DragEvent('drop', {{ dataTransfer: dt, bubbles: true }});
+            document.getElementById('dropzone').dispatchEvent(drop);
+        }}""",
+        [data],
+    )
+    page.wait_for_function("document.getElementById('image-info').textContent.includes('30 × 20 px')")
+    assert "dropped.png" in page.inner_text("#image-info")
+
+    data = list(image_file(18, 12, "clip.png").read_bytes())
+    page.evaluate(
+        f"""([bytes]) => {{
+            const dt = new DataTransfer();
+            dt.items.add(({make_file})(bytes, 'image.png'));
+            document.dispatchEvent(new ClipboardEvent('paste', {{ clipboardData: dt, bubbles: true }}));
+        }}""",
+        [data],
+    )
+    page.wait_for_function("document.getElementById('image-info').textContent.includes('18 × 12 px')")
+    restore(page)
+    assert page.get_attribute("#download", "download") == "image-deblur.png"
