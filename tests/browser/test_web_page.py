@@ -446,3 +446,21 @@ def test_image_by_drop_and_by_paste(open_page, server: Server, image_file):
     page.wait_for_function("document.getElementById('image-info').textContent.includes('18 × 12 px')")
     restore(page)
     assert page.get_attribute("#download", "download") == "image-deblur.png"
+
+
+def test_output_format_quality_and_seed_are_sent(open_page, server: Server, image_file, tmp_path: Path):
+    page = open_page()  # the options panel is open
+    choose(page, "deblur", image_file(20, 16, "opts.png"))
+    page.get_by_label("Output format").select_option("webp")
+    page.get_by_label("Quality").fill("80")
+    page.get_by_label("Seed").fill("7")
+    request = restore(page)
+    query = parse_qs(urlparse(request.url).query)
+    assert (query["format"], query["quality"], query["seed"]) == (["webp"], ["80"], ["7"])
+    name, path = download(page, tmp_path)
+    assert name == "opts-deblur-seed7.webp"
+    assert Image.open(path).format == "WEBP"
+
+    page.get_by_label("Seed").fill("-1")  # the server's validation message is what the page shows
+    restore(page, expect="error")
+    assert "seed" in page.inner_text("#error")
