@@ -238,6 +238,13 @@ def test_selectors_and_autoscaling_fit_together(rendered, overlay):
     assert sm["spec"]["namespaceSelector"]["matchNames"] == [svc["metadata"]["namespace"]]
     assert {e["port"] for e in sm["spec"]["endpoints"]} <= {p["name"] for p in svc["spec"]["ports"]}
     assert all(e["path"] == "/metrics" for e in sm["spec"]["endpoints"])
+    # The operator names the job after the Service: the compose scrape job and the alerts use the same name.
+    assert "jobLabel" not in sm["spec"]
+    compose_jobs = {
+        j["job_name"] for j in yaml.safe_load((REPO / "deploy/prometheus/prometheus.yml").read_text())["scrape_configs"]
+    }
+    assert svc["metadata"]["name"] in compose_jobs
+    assert f'job="{svc["metadata"]["name"]}"' in (REPO / "deploy/prometheus/alerts.yml").read_text()
     assert pdb["spec"]["minAvailable"] < dep["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
     assert hpa["spec"]["minReplicas"] > pdb["spec"]["minAvailable"]
     assert hpa["spec"]["scaleTargetRef"] == {

@@ -46,7 +46,7 @@ def stack(tmp_path_factory):
         config = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
         config["global"].update({"scrape_interval": "1s", "evaluation_interval": "1s"})
         for job in config["scrape_configs"]:
-            if job["job_name"] == "diffir":
+            if job["job_name"] == "diffir-serve":
                 job["static_configs"] = [
                     {"targets": [base.removeprefix("http://")], "labels": {"namespace": "diffir", "pod": "diffir-0"}}
                 ]
@@ -81,7 +81,7 @@ def test_traffic_was_answered(stack):
 def test_request_counts_match_what_was_sent(stack):
     got = {
         (r["metric"]["task"], r["metric"]["code"]): float(r["value"][1])
-        for r in stack["prom"].query('diffir_requests_total{job="diffir"}')
+        for r in stack["prom"].query('diffir_requests_total{job="diffir-serve"}')
     }
     expected: dict[tuple[str, str], float] = {}
     for task, *_, status in TRAFFIC:
