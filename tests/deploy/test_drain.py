@@ -115,8 +115,13 @@ def test_backlog_longer_than_the_drain_still_exits_inside_the_grace_period(tmp_p
     would SIGKILL it otherwise) and every client gets an HTTP answer rather than a hang or a reset."""
     drain_s, budget_s = 1.0, _k8s_shutdown_budget()[1] - _k8s_shutdown_budget()[0]  # the manifests' margin
     checkpoints = tiny_checkpoints(tmp_path / "ckpt")
+    metrics_port = free_port()
     with running_service(
-        tmp_path, {"deblur": checkpoints["deblur"]}, DIFFIR_DRAIN_SECONDS=str(drain_s), DIFFIR_MAX_BATCH_SIZE="2"
+        tmp_path,
+        {"deblur": checkpoints["deblur"]},
+        DIFFIR_DRAIN_SECONDS=str(drain_s),
+        DIFFIR_MAX_BATCH_SIZE="2",
+        DIFFIR_METRICS_PORT=str(metrics_port),
     ) as (service, base):
         body = png(160, 160)
         statuses: list[int | str] = []
@@ -130,7 +135,13 @@ def test_backlog_longer_than_the_drain_still_exits_inside_the_grace_period(tmp_p
         threads = [threading.Thread(target=send) for _ in range(LOAD + 4)]
         for t in threads:
             t.start()
-        time.sleep(1.0)  # a backlog of several seconds of model time
+        # Every request decoded and queued (a backlog of several seconds of model time), then SIGTERM.
+        wait_for(
+            lambda: _metric(f"http://127.0.0.1:{metrics_port}", "diffir_input_pixels_count") >= LOAD + 4,
+            60,
+            "all requests to be accepted",
+            interval=0.02,
+        )
         signalled = time.monotonic()
         service.signal(signal.SIGTERM)
         service.proc.wait(drain_s + budget_s)
