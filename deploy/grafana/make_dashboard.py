@@ -265,7 +265,6 @@ def dashboard() -> dict:
                     "type": "query",
                     "datasource": DATASOURCE,
                     "query": {"query": "label_values(diffir_requests_total, task)", "refId": "task"},
-                    "definition": "label_values(diffir_requests_total, task)",
                     "refresh": 2,
                     "includeAll": True,
                     "allValue": ".*",

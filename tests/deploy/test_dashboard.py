@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 
+import pytest
+
 from tests.deploy.conftest import DASHBOARD, REPO, promql_grouping_labels, promql_selectors, sample_catalogue
 
 REQUIRED_PANELS = {
@@ -54,7 +56,7 @@ def test_layout_is_well_formed():
             refs = [t["refId"] for t in panel["targets"]]
             assert len(refs) == len(set(refs))
     (task_var,) = dashboard["templating"]["list"]
-    assert task_var["name"] == "task" and "diffir_requests_total" in task_var["definition"]
+    assert task_var["name"] == "task" and "diffir_requests_total" in task_var["query"]["query"]
 
 
 def test_required_panels_use_the_required_metrics():
@@ -89,3 +91,40 @@ def test_every_query_uses_exported_metrics_and_labels():
             if catalogue[name].type == "counter":
                 assert "rate(" in target["expr"] or "increase(" in target["expr"], f"{panel['title']}: raw counter"
         assert promql_grouping_labels(target["expr"]) <= available, panel["title"]
+
+
+def _dropped(ours, theirs, path: str = "") -> list[str]:
+    """Paths of `ours` that the round trip through Grafana's models lost or changed (added defaults are fine)."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        return [
+            p
+            for k, v in ours.items()
+            for p in ([f"{path}/{k}"] if k not in theirs else _dropped(v, theirs[k], f"{path}/{k}"))
+        ]
+    if isinstance(ours, list) and isinstance(theirs, list) and len(ours) == len(theirs):
+        return [p for i, (a, b) in enumerate(zip(ours, theirs)) for p in _dropped(a, b, f"{path}[{i}]")]
+    return [] if ours == theirs else [path]
+
+
+def _round_trip(dashboard: dict) -> dict:
+    pytest.importorskip("grafana_foundation_sdk", reason="grafana-foundation-sdk needs Python 3.11+")
+    from grafana_foundation_sdk.cog import plugins
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    plugins.register_default_plugins()  # panel options and Prometheus queries by plugin type
+
+    def encode(obj):
+        return obj.to_json() if hasattr(obj, "to_json") else str(obj)
+
+    return json.loads(json.dumps(Dashboard.from_json(dashboard).to_json(), default=encode))
+
+
+def test_dashboard_fits_grafanas_schema():
+    """Read with the models Grafana generates from its dashboard schema (grafana-foundation-sdk): every field we
+    wrote survives the round trip, so none is unknown, misplaced or of the wrong shape."""
+    dashboard = load()
+    assert _dropped(dashboard, _round_trip(dashboard)) == []
+    bad = json.loads(json.dumps(dashboard))
+    bad["panels"][1]["gridpos"] = bad["panels"][1].pop("gridPos")  # negative control: a misspelt field
+    bad["panels"][1]["options"]["legend"]["placment"] = "bottom"
+    assert set(_dropped(bad, _round_trip(bad))) == {"/panels[1]/gridpos", "/panels[1]/options/legend/placment"}
