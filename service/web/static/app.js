@@ -978,18 +978,20 @@
     const file = els.imageInput.files[0];
     if (file) setImageFile(file);
   });
-  for (const ev of ["dragover", "drop"]) window.addEventListener(ev, (e) => e.preventDefault()); // never navigate away
-  els.dropzone.addEventListener("dragenter", () => els.dropzone.classList.add("over"));
-  els.dropzone.addEventListener("dragover", (e) => {
-    e.dataTransfer.dropEffect = "copy";
-    els.dropzone.classList.add("over");
+  // An image dropped anywhere on the page is taken (and the browser never navigates away to it).
+  window.addEventListener("dragover", (e) => {
+    e.preventDefault();
+    if (e.dataTransfer) e.dataTransfer.dropEffect = "copy";
   });
-  els.dropzone.addEventListener("dragleave", () => els.dropzone.classList.remove("over"));
-  els.dropzone.addEventListener("drop", (e) => {
+  window.addEventListener("drop", (e) => {
+    e.preventDefault();
     els.dropzone.classList.remove("over");
-    const file = e.dataTransfer.files[0];
+    const file = e.dataTransfer && e.dataTransfer.files[0];
     if (file && !state.xhr) setImageFile(file);
   });
+  els.dropzone.addEventListener("dragenter", () => els.dropzone.classList.add("over"));
+  els.dropzone.addEventListener("dragover", () => els.dropzone.classList.add("over"));
+  els.dropzone.addEventListener("dragleave", () => els.dropzone.classList.remove("over"));
   document.addEventListener("paste", (e) => {
     if (state.xhr || e.target.matches?.("input[type=password], input[type=number], input[type=text]")) return;
     const item = [...(e.clipboardData?.items || [])].find((i) => i.kind === "file" && i.type.startsWith("image/"));
