@@ -74,7 +74,7 @@ def progress(done: int, total: int, started: float, name: str, quiet: bool) -> N
 def main(argv: list[str]) -> int:
     args = _parse(argv)
     from service.engine import Engine, EngineLimits, Job
-    from service.runtime.devices import resolve_device
+    from service.runtime.devices import configure_inference_thread, resolve_device
     from service.runtime.loader import default_task_settings, load_backend
     from service.server import load_settings
     from service.settings import TaskSettings
@@ -95,6 +95,7 @@ def main(argv: list[str]) -> int:
     engine = Engine(
         args.task, backend, EngineLimits(s.tile_size, s.tile_overlap, s.tile_threshold_pixels, s.bucket_multiple)
     )
+    configure_inference_thread()
     files = collect(args.inputs)
     args.out.mkdir(parents=True, exist_ok=True)
     failures, started = 0, time.perf_counter()

@@ -19,6 +19,7 @@ from service.errors import StartupError
 from service.logs import log_event
 from service.metrics import Metrics
 from service.runtime.base import Backend
+from service.runtime.devices import configure_inference_thread
 from service.settings import Settings
 
 
@@ -50,7 +51,9 @@ class ServiceState:
     def __init__(self, settings: Settings, metrics: Metrics, backends: dict[str, Backend]) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="diffir-infer")
+        self.executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="diffir-infer", initializer=configure_inference_thread
+        )
         self.warmed = False
         self.draining = False
         self.tasks: dict[str, TaskRuntime] = {}

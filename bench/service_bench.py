@@ -1,0 +1,349 @@
+"""Service benchmark: throughput and latency with batching on/off, overhead, peak RSS at 4096².
+
+    .venv/bin/python -m bench.service_bench --out bench/results          # full run (~5-10 min, 2 cores)
+    .venv/bin/python -m bench.service_bench --out /tmp/x --quick         # smoke run
+
+What it measures, on this CPU, with the `deblur-small` preset (the shipped weights when present,
+else the same architecture with random weights: the cost is identical) at 256x256:
+
+* the bare model: `backend.run` on a padded 256² batch of 1, min and median of repeated calls;
+* a real `python -m service` on a loopback port, hit by an asyncio httpx client at concurrency
+  1, 4 and 16, with batching on (`max_batch_size` 4) and off (1): requests/s, latency min, p50,
+  p95, p99, and the batch-size distribution read back from `diffir_batch_size`;
+* the service's overhead at concurrency 1: each request's client-side latency over the model time
+  of that same request (read from its `Server-Timing` header), so both sides share the machine's
+  load at that instant (this machine is shared; standalone timings drift by several x);
+* peak RSS of the server process (sampled every 20 ms) while it restores one 4096² image with the
+  default tiling settings.
+
+Results go to `<out>/service.json` and `<out>/service.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = "deblur"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def checkpoint(tmp: Path) -> tuple[Path, str]:
+    from models import DiffIRS2, get_preset, save_checkpoint
+    from models.tasks import TASKS
+
+    shipped = TASKS[TASK].default_checkpoint_path()
+    if shipped is not None and shipped.is_file():
+        return shipped, "shipped weights"
+    torch.manual_seed(0)
+    return save_checkpoint(DiffIRS2(get_preset(TASKS[TASK].preset)).eval(), tmp / TASK), "random weights"
+
+
+def test_image(size: int, quality: int | None = None) -> bytes:
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    rgb = np.stack([x, y, (x + y) / 2], axis=2) * 200 + rng.normal(0, 8, (size, size, 3))
+    im = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
+    buf = io.BytesIO()
+    im.save(buf, "JPEG" if quality else "PNG", **({"quality": quality} if quality else {"compress_level": 1}))
+    return buf.getvalue()
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+# --- bare model ------------------------------------------------------------------------------------
+def bare_model(ckpt: Path, size: int, reps: int) -> dict:
+    """`backend.run` timed on a worker thread set up exactly like the service's inference thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.runtime.devices import configure_inference_thread
+    from service.runtime.torch_backend import TorchBackend
+
+    backend = TorchBackend(ckpt, None, torch.device("cpu"))
+    lq, noise = torch.rand(1, 3, size, size), torch.randn(1, 256)
+
+    def timed() -> float:
+        t0 = time.perf_counter()
+        backend.run(lq, noise)
+        return time.perf_counter() - t0
+
+    with ThreadPoolExecutor(1, initializer=configure_inference_thread) as pool:
+        pool.submit(timed).result()
+        times = [pool.submit(timed).result() for _ in range(reps)]
+    return {"min_s": min(times), "median_s": statistics.median(times), "reps": reps}
+
+
+def server_timing(header: str, phase: str) -> float:
+    for part in header.split(","):
+        name, _, dur = part.strip().partition(";dur=")
+        if name == phase:
+            return float(dur) / 1000
+    return float("nan")
+
+
+# --- a real server -----------------------------------------------------------------------------------
+class Server:
+    def __init__(self, ckpt: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFIR_")}
+        defaults = {
+            "DIFFIR_TASKS": json.dumps({TASK: {"checkpoint": str(ckpt)}}),
+            "DIFFIR_LOG_LEVEL": "warning",
+            "DIFFIR_WARMUP_SIZE": "256",
+            "DIFFIR_QUEUE_SIZE": "256",
+            "DIFFIR_DEADLINE_S": "600",
+            "PYTHONPATH": str(ROOT),
+        }
+        full_env.update({**defaults, **env})
+        cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server not ready within 180 s")
+
+    def batch_sizes(self) -> dict[str, float]:
+        """Batch-size histogram (non-cumulative counts per bucket upper bound) from /metrics."""
+        cumulative = {}
+        for line in httpx.get(f"{self.url}/metrics").text.splitlines():
+            if line.startswith("diffir_batch_size_bucket"):
+                le = line.split('le="')[1].split('"')[0]
+                cumulative[le] = float(line.split()[-1])
+        out, previous = {}, 0.0
+        for le, count in cumulative.items():
+            if count - previous:
+                out[le] = count - previous
+            previous = count
+        return out
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def load(url: str, body: bytes, concurrency: int, total: int) -> dict:
+    latencies: list[float] = []
+    inference: list[float] = []
+    statuses: dict[int, int] = {}
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(total):
+        queue.put_nowait(i)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+
+        async def worker() -> None:
+            while True:
+                try:
+                    i = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                t0 = time.perf_counter()
+                r = await client.post(f"/restore/{TASK}?seed={i}", content=body, headers={"content-type": "image/png"})
+                latencies.append(time.perf_counter() - t0)
+                inference.append(server_timing(r.headers.get("server-timing", ""), "inference"))
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return {
+        "concurrency": concurrency,
+        "requests": total,
+        "statuses": statuses,
+        "requests_per_s": total / wall,
+        "latency_min_s": min(latencies),
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+        "latency_p99_s": percentile(latencies, 99),
+        "overhead_ratios": [lat / inf - 1 for lat, inf in zip(latencies, inference)],
+        "inference_median_s": statistics.median(inference),
+    }
+
+
+def throughput(ckpt: Path, size: int, levels: list[int], per_level: int, max_batch: int) -> list[dict]:
+    server = Server(ckpt, DIFFIR_MAX_BATCH_SIZE=str(max_batch), DIFFIR_MAX_WAIT_MS="5")
+    body = test_image(size)
+    results = []
+    try:
+        asyncio.run(load(server.url, body, 1, 2))  # connection and allocator warm-up
+        for c in levels:
+            before = server.batch_sizes()
+            row = asyncio.run(load(server.url, body, c, max(per_level, 2 * c)))
+            after = server.batch_sizes()
+            row["batch_sizes"] = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+            row["max_batch_size"] = max_batch
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    finally:
+        server.stop()
+    return results
+
+
+def peak_rss(ckpt: Path, size: int) -> dict:
+    import psutil
+
+    server = Server(ckpt, DIFFIR_WARMUP_SIZE="64")
+    proc = psutil.Process(server.proc.pid)
+    baseline = proc.memory_info().rss
+    peak, stop = baseline, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            try:
+                peak = max(peak, proc.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.02)
+
+    body = test_image(size, quality=90)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        t0 = time.perf_counter()
+        r = httpx.post(
+            f"{server.url}/restore/{TASK}", content=body, headers={"content-type": "image/jpeg"}, timeout=3600
+        )
+        elapsed = time.perf_counter() - t0
+        stop.set()
+        sampler.join(5)
+        ok = r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (size, size)
+    finally:
+        server.stop()
+    return {
+        "size": size,
+        "status": r.status_code,
+        "output_ok": ok,
+        "seconds": elapsed,
+        "rss_before_mib": baseline / 2**20,
+        "rss_peak_mib": peak / 2**20,
+        "body_bytes": len(body),
+    }
+
+
+def markdown(report: dict) -> str:
+    b = report["bare_model"]
+    lines = [
+        "# Service benchmark",
+        "",
+        f"Machine: {report['machine']}. Model: `{report['preset']}` ({report['weights']}), "
+        f"{report['size']}² input, torch eager on CPU. Date: {report['date']}.",
+        "",
+        f"Bare model (`backend.run`, batch 1): min {b['min_s'] * 1000:.0f} ms, median {b['median_s'] * 1000:.0f} ms.",
+        "",
+        "| batching | concurrency | requests | req/s | min ms | p50 ms | p95 ms | p99 ms | batch sizes (≤ n: count) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report["throughput"]:
+        sizes = ", ".join(f"≤{k}: {int(v)}" for k, v in row["batch_sizes"].items())
+        lines.append(
+            f"| {'on (max ' + str(row['max_batch_size']) + ')' if row['max_batch_size'] > 1 else 'off'} "
+            f"| {row['concurrency']} | {row['requests']} | {row['requests_per_s']:.2f} "
+            f"| {row['latency_min_s'] * 1000:.0f} | {row['latency_p50_s'] * 1000:.0f} "
+            f"| {row['latency_p95_s'] * 1000:.0f} | {row['latency_p99_s'] * 1000:.0f} | {sizes} |"
+        )
+    o = report["overhead"]
+    lines += [
+        "",
+        "Service overhead at concurrency 1: each request's client-side latency (HTTP, body read, decode,",
+        "queue, encode, response) over the model time of the same request (`Server-Timing: inference`):",
+        f"median {o['median_pct']:.1f} %, min {o['min_pct']:.1f} % (p50 latency {o['service_p50_s'] * 1000:.0f} ms, "
+        f"median model time {o['inference_median_s'] * 1000:.0f} ms).",
+    ]
+    if report.get("rss"):
+        r = report["rss"]
+        lines += [
+            "",
+            f"Peak RSS restoring a {r['size']}² deblur input (JPEG, {r['body_bytes'] / 2**20:.1f} MiB, tiled): "
+            f"{r['rss_peak_mib']:.0f} MiB (idle server {r['rss_before_mib']:.0f} MiB), {r['seconds']:.0f} s, "
+            f"status {r['status']}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--quick", action="store_true", help="small numbers, for a smoke test")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--rss-size", type=int, default=4096)
+    parser.add_argument("--skip-rss", action="store_true")
+    args = parser.parse_args()
+    levels, per_level, reps = ([1, 4], 4, 3) if args.quick else ([1, 4, 16], 32, 10)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt, weights = checkpoint(Path(tmp))
+        bare = bare_model(ckpt, args.size, reps)
+        print(json.dumps({"bare_model": bare}), flush=True)
+        rows = []
+        for max_batch in (4, 1):
+            rows += throughput(ckpt, args.size, levels, per_level, max_batch)
+        c1 = next(r for r in rows if r["concurrency"] == 1 and r["max_batch_size"] == 4)
+        ratios = c1["overhead_ratios"]
+        overhead = {
+            "service_p50_s": c1["latency_p50_s"],
+            "inference_median_s": c1["inference_median_s"],
+            "median_pct": 100 * statistics.median(ratios),
+            "min_pct": 100 * min(ratios),
+        }
+        for row in rows:
+            row.pop("overhead_ratios")
+        rss = None if args.skip_rss else peak_rss(ckpt, 512 if args.quick else args.rss_size)
+        if rss:
+            print(json.dumps({"rss": rss}), flush=True)
+    report = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end",
+        "preset": "deblur-small",
+        "weights": weights,
+        "size": args.size,
+        "bare_model": bare,
+        "throughput": rows,
+        "overhead": overhead,
+        "rss": rss,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "service.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "service.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
