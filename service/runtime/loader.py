@@ -61,7 +61,13 @@ def _build(name: str, spec: TaskSettings, settings: Settings, device: torch.devi
         return TorchScriptBackend(graphs, device)
     from service.runtime.torch_backend import TorchBackend
 
-    return TorchBackend(_checkpoint_for(name, spec), spec.variant, device, settings.precision)
+    checkpoint = _checkpoint_for(name, spec)
+    if spec.checkpoint is None and not checkpoint.is_file():
+        raise StartupError(
+            f"task {name!r}: the shipped checkpoint {checkpoint} is missing (train it, or point DIFFIR_TASKS "
+            f'at one: {{"{name}": {{"checkpoint": "path.safetensors"}}}})'
+        )
+    return TorchBackend(checkpoint, spec.variant, device, settings.precision)
 
 
 def _check_kind(name: str, backend: Backend) -> None:

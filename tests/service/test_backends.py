@@ -181,3 +181,14 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, checkpoints)
     assert s.max_batch_size == 8 and s.api_key is not None and s.api_key.get_secret_value() == "k"
     assert s.tasks["deblur"].checkpoint == checkpoints["deblur"]
     assert resolve_device("cpu") == CPU
+
+
+def test_every_setting_is_documented() -> None:
+    import service.settings as module
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Service settings", 1)[1].split("\n## ", 1)[0]
+    for name in Settings.model_fields:
+        variable = f"`DIFFIR_{name.upper()}`"
+        assert variable in section, variable
+        assert variable in (module.__doc__ or ""), variable
