@@ -108,6 +108,9 @@ class TrainConfig:
     save_every: int = 500
     keep: int = 3
     progress: bool = True
+    stop_at: int = 0
+    """Stop (and save) once this step is reached, keeping the schedule of `steps`; 0 = never. For
+    splitting a run across sessions and for the resume test."""
     max_minutes: float = 0.0
     """Stop (and save) after this wall time; 0 = no limit. Lets a scheduler share a CPU fairly."""
 

@@ -172,7 +172,7 @@ class Trainer:
         self.step = int(s["step"])
         old = s.get("config", {})
         ignore = {"steps", "resume", "progress", "log_every", "val_every", "save_every", "keep", "max_minutes",
-                  "workers", "threads", "val", "val_images"}  # fmt: skip
+                  "stop_at", "workers", "threads", "val", "val_images"}  # fmt: skip
         changed = {k for k in old if k not in ignore and old[k] != to_dict(self.cfg).get(k)}
         if changed and self.rank == 0:
             print(f"[training] resuming with changed settings: {', '.join(sorted(changed))}", file=sys.stderr)
@@ -313,7 +313,8 @@ class Trainer:
                 if self.step % cfg.save_every == 0 and not last:
                     self.save()
                 over_time = cfg.max_minutes > 0 and (time.perf_counter() - self.t_start) > 60 * cfg.max_minutes
-                if self._agree_stop(self.stop_requested or over_time):
+                at_stop = 0 < cfg.stop_at <= self.step
+                if self._agree_stop(self.stop_requested or over_time or at_stop):
                     break
         finally:
             signal.signal(signal.SIGINT, old_int)

@@ -1,0 +1,74 @@
+"""Metrics, the evaluation command and export parity of a freshly trained checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from training.evaluate import face_masks
+from training.evaluate import main as evaluate_main
+from training.metrics import psnr, ssim
+from training.run import run_stage
+
+from .conftest import tiny_config
+
+
+def test_psnr_and_ssim_reference_values():
+    gt = torch.full((3, 32, 32), 100 / 255)
+    assert math.isinf(psnr(gt, gt)) and ssim(gt, gt) == pytest.approx(1.0)
+    out = gt + 10 / 255
+    assert psnr(out, gt) == pytest.approx(10 * math.log10(255**2 / 100), abs=1e-6)
+    # border crop ignores the frame; Y channel weights green most
+    framed = gt.clone()
+    framed[:, :4] = 0
+    assert math.isinf(psnr(framed, gt, border=4))
+    g = gt.clone()
+    g[1] += 10 / 255
+    r = gt.clone()
+    r[0] += 10 / 255
+    assert psnr(g, gt, y_channel=True) < psnr(r, gt, y_channel=True)
+    noisy = (gt + 0.1 * torch.randn(gt.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    assert 0 < ssim(noisy, gt) < 0.9
+
+
+def test_face_masks_follow_each_sources_polarity():
+    masks = _face_masks()
+    assert len(masks) == 17  # 15 edge-connect (white = hole) + 2 DDNM keep-masks, inverted
+    assert all(0.02 < m.mean() < 0.6 for m in masks)  # holes, never "everything but a hole"
+
+
+def _face_masks():
+    from training.degradations import SHARED_DATA
+
+    return face_masks(SHARED_DATA)
+
+
+@pytest.fixture(scope="module")
+def tiny_s2(tmp_path_factory, image_dir):
+    tmp = tmp_path_factory.mktemp("tiny_s2")
+    cfg = tiny_config(tmp, image_dir, steps=2)
+    run_stage(cfg)
+    run_stage(tiny_config(tmp, image_dir, steps=2, stage=2))
+    return tmp / "s2" / "model_latest.safetensors"
+
+
+def test_evaluate_folder_reports_model_and_baseline(tiny_s2, image_dir, tmp_path):
+    rc = evaluate_main(["--task", "sr-x4", "--checkpoint", str(tiny_s2), "--folder", str(image_dir),
+                        "--out", str(tmp_path), "--save-images"])  # fmt: skip
+    assert rc == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    mean = res["means"][image_dir.name]
+    assert mean["n"] == 3 and set(mean) == {"model", "bicubic", "n"}
+    assert 5 < mean["bicubic"]["psnr"] < 60 and math.isfinite(mean["model"]["psnr"])
+    assert "| set | n |" in (tmp_path / "results.md").read_text()
+    assert len(list((tmp_path / "images").rglob("*.png"))) == 6
+
+
+def test_export_of_a_freshly_trained_checkpoint_passes_parity(tiny_s2, tmp_path):
+    from training.export import ExportOptions, export
+
+    report = export(tiny_s2, tmp_path, options=ExportOptions(graphs=("full",), formats=("onnx",)))
+    assert report["artifacts"] and all(a["ok"] for a in report["artifacts"].values())
