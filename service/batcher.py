@@ -169,10 +169,17 @@ class Batcher(Generic[I, O]):
             if not bucket:
                 del self._buckets[key]
             self._count -= len(taken)
-            self.hooks.depth(self._count)
-            live = await self._filter(taken)
-            if live:
-                await self._execute(live)
+            try:
+                self.hooks.depth(self._count)
+                live = await self._filter(taken)
+                if live:
+                    await self._execute(live)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a failing hook must not kill the loop and strand every later request
+                for entry in taken:
+                    if not entry.future.done():
+                        entry.future.set_exception(exc)
 
     async def _filter(self, entries: list[_Entry[I, O]]) -> list[_Entry[I, O]]:
         """Drop requests that expired, were abandoned, or whose client disconnected."""

@@ -23,6 +23,7 @@ from service.bodies import read_body, split_body
 from service.engine import Job
 from service.errors import ServiceError
 from service.imaging import DecodedImage, choose_format, decode_image, decode_mask, encode_image
+from service.imaging.formats import MAX_SIDE
 from service.logs import log_event
 from service.metrics import UNKNOWN_TASK
 from service.state import ServiceState, TaskRuntime
@@ -163,6 +164,12 @@ async def _restore(
     del body, image_bytes, mask_bytes
     timings["decode"] = time.perf_counter() - t0
     h, w = image.size
+    out_fmt = choose_format(fmt, image)
+    side = max(h, w) * rt.engine.info.scale
+    if side > MAX_SIDE[out_fmt]:
+        raise ServiceError(
+            "bad_parameter", f"{out_fmt} holds at most {MAX_SIDE[out_fmt]} px per side; the output has {side}"
+        )
     state.metrics.input_pixels.labels(rt.name).observe(h * w)
     job = Job(tensor, mask, seed)
     remaining = s.deadline_s - (time.perf_counter() - arrived)
@@ -177,7 +184,6 @@ async def _restore(
     timings["queue"] = waited
     timings["inference"] = job.timings.get("inference", 0.0)
     t1 = time.perf_counter()
-    out_fmt = choose_format(fmt, image)
     data, media_type = await run_in_threadpool(_encode, out, image, out_fmt, quality, s.png_compress_level)
     timings["encode"] = time.perf_counter() - t1
     server_timing = ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in timings.items())

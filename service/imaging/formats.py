@@ -9,6 +9,8 @@ from __future__ import annotations
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
 OUTPUT_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65_535, "webp": 16_383}
+"""Largest width or height each output format can encode."""
 
 
 def sniff_format(data: bytes) -> str | None:

@@ -285,3 +285,41 @@ async def test_draining_refuses_new_work(live: LiveApp) -> None:
     assert r.headers["retry-after"] == "1"
     ready = await live.client.get("/readyz")
     assert ready.status_code == 503 and ready.json()["status"] == "draining"
+
+
+async def test_hostile_bytes_get_precise_codes(live: LiveApp) -> None:
+    img = encode(gradient())
+    bad_crc = bytearray(img)
+    bad_crc[29:33] = b"\0\0\0\0"  # IHDR's CRC
+    jpeg = encode(gradient(64, 64), "JPEG")
+    cases = {
+        b"<!DOCTYPE html><html></html>": (415, "unsupported_format"),
+        b"PK\x03\x04" + b"\0" * 40: (415, "unsupported_format"),
+        b"8BPS\x00\x01" + b"\0" * 40: (415, "unsupported_format"),  # PSD
+        b"\0\0\1\0\1\0" + b"\0" * 40: (415, "unsupported_format"),  # ICO
+        b"<svg xmlns='http://www.w3.org/2000/svg'/>": (415, "unsupported_format"),
+        b"%!PS-Adobe-3.0 EPSF-3.0\n": (415, "unsupported_format"),
+        b"SIMPLE  =                    T" + b" " * 50: (415, "unsupported_format"),  # FITS
+        bytes(bad_crc): (422, "undecodable_image"),
+        jpeg[: len(jpeg) // 2]: (422, "undecodable_image"),
+        b"\x89PNG\r\n\x1a\n": (422, "undecodable_image"),
+        b"BM" + b"\xff" * 60: (422, "undecodable_image"),
+    }
+    for body, (status, code) in cases.items():
+        assert_error(await live.client.post("/restore/deblur", content=body, headers=PNG), status, code)
+
+
+async def test_output_format_size_limits_are_checked_before_the_model(live: LiveApp) -> None:
+    wide = encode(gradient(4100, 1))
+    r = await live.client.post("/restore/sr-x4?format=webp", content=wide, headers=PNG)
+    assert_error(r, 422, "bad_parameter")
+    assert "16383" in r.json()["message"]
+
+
+async def test_web_page_is_the_fallback(live: LiveApp) -> None:
+    from service.app import WEB_DIR
+
+    r = await live.client.get("/")
+    if WEB_DIR.is_dir():
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert_error(await live.client.get("/restore/deblur"), 405, "method_not_allowed")
