@@ -39,3 +39,12 @@ serve: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# Reproduce the three shipped default models from ../shared/data/train (issue 4): stage 1 then
+# stage 2 per task into runs/defaults/<task>/ (re-running resumes), copy the stage-2 checkpoints to
+# models/weights/ and evaluate them against the classic baselines.
+.PHONY: train-defaults
+train-defaults: $(STAMP)
+	$(PY) -m training.defaults train --parallel
+	$(PY) -m training.defaults ship
+	for t in deblur sr-x4 inpaint; do $(PY) -m training evaluate --task $$t --out runs/defaults/$$t/eval || exit 1; done

@@ -9,6 +9,7 @@ whatever the number of DataLoader workers, and DDP ranks take disjoint ranges.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,9 @@ class PairedDataset(Dataset):
 
 
 def _worker_init(_: int) -> None:
+    """Workers ignore Ctrl-C: the terminal sends it to the whole process group, and the main process
+    must be able to finish its step and save with its workers still alive."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
 
 
