@@ -116,7 +116,7 @@ def main(argv: list[str]) -> int:
                     max_pixels=s.max_input_pixels,
                 )
                 mask = torch.from_numpy(holes)[None, None]
-            job = Job(torch.from_numpy(image.rgb).permute(2, 0, 1)[None].contiguous(), mask, args.seed)
+            job = Job(torch.from_numpy(image.take_pixels()).permute(2, 0, 1)[None], mask, args.seed)
             (out,) = engine.run_batch([job])
             fmt = choose_format(args.format, image)
             data, _ = encode_image(out[0].permute(1, 2, 0).numpy(), image, fmt, quality=args.quality)

@@ -77,11 +77,12 @@ class Engine:
 
     def run_batch(self, jobs: list[Job]) -> list[torch.Tensor]:
         """Restore jobs of one bucket; returns one (1, 3, h*s, w*s) tensor per job, same order."""
-        if len(jobs) == 1 and self.tiled(jobs[0]):
-            outputs = [self._run_tiled(jobs[0])]
-        else:
-            outputs = self._run_padded(jobs)
-        return [self._finish(job, out) for job, out in zip(jobs, outputs)]
+        with torch.inference_mode():  # no autograd bookkeeping; in-place post-processing allowed
+            if len(jobs) == 1 and self.tiled(jobs[0]):
+                outputs = [self._run_tiled(jobs[0])]
+            else:
+                outputs = self._run_padded(jobs)
+            return [self._finish(job, out) for job, out in zip(jobs, outputs)]
 
     def _run_padded(self, jobs: list[Job]) -> list[torch.Tensor]:
         keys = {self.bucket(j) for j in jobs}
@@ -115,7 +116,7 @@ class Engine:
         )
 
     def _finish(self, job: Job, out: torch.Tensor) -> torch.Tensor:
-        out = out.clamp(0, 1)
+        out = out.clamp_(0, 1)
         if self.info.needs_mask:
             assert job.mask is not None
             out = job.mask * out + (1 - job.mask) * job.image

@@ -79,7 +79,7 @@ def _decode(body_image: bytes, body_mask: bytes | None, rt: TaskRuntime, state: 
     image = decode_image(
         body_image, max_pixels=s.max_input_pixels, scale=info.scale, max_output_pixels=s.max_output_pixels
     )
-    tensor = torch.from_numpy(image.rgb).permute(2, 0, 1)[None].contiguous()
+    tensor = torch.from_numpy(image.take_pixels()).permute(2, 0, 1)[None]  # NCHW view, channels-last strides
     mask = None
     if info.needs_mask:
         if body_mask is None:

@@ -128,7 +128,11 @@ class ServiceState:
         size, batches = self.settings.warmup_size, (1, self.settings.max_batch_size)
         for rt in self.tasks.values():
             started = time.perf_counter()
-            await loop.run_in_executor(self.executor, rt.engine.warmup, size, batches)
+            try:
+                await loop.run_in_executor(self.executor, rt.engine.warmup, size, batches)
+            except Exception as exc:  # stay not-ready (readyz never lies) and say why
+                log_event("warm-up failed; the service stays not ready", 40, task=rt.name, error=repr(exc))
+                return
             log_event("warmed", task=rt.name, seconds=round(time.perf_counter() - started, 3))
         self.warmed = True
         if not self.draining:

@@ -78,4 +78,4 @@ def restore_tiled(
             ys, xs = slice(top * scale, (top + th) * scale), slice(left * scale, (left + tw) * scale)
             out[..., ys, xs] += restored * blend
             weight[..., ys, xs] += blend
-    return out / weight
+    return out.div_(weight)

@@ -36,9 +36,17 @@ class DecodedImage:
     icc: bytes | None
     format: str
 
+    def __post_init__(self) -> None:
+        self._size = (int(self.rgb.shape[0]), int(self.rgb.shape[1]))
+
     @property
     def size(self) -> tuple[int, int]:
-        return int(self.rgb.shape[0]), int(self.rgb.shape[1])
+        return self._size
+
+    def take_pixels(self) -> np.ndarray:
+        """Hand the RGB array over (e.g. to become the model input) and drop our reference to it."""
+        rgb, self.rgb = self.rgb, np.empty((0, 0, 3), np.float32)
+        return rgb
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:
@@ -120,7 +128,8 @@ def _to_arrays(im: Image.Image, data: bytes, fmt: str, wide: bool) -> tuple[np.n
         return a[..., :1], a[..., 1], True, 8
     has_alpha = mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in im.info)
     rgb = im.convert("RGBA" if has_alpha else "RGB")
-    a = np.asarray(rgb, dtype=np.float32) / 255.0
+    a = np.asarray(rgb, dtype=np.float32)
+    a /= 255.0  # in place: one float copy of a large image, not two
     return a[..., :3], (a[..., 3] if has_alpha else None), False, 8
 
 

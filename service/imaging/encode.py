@@ -35,25 +35,37 @@ def _resize_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(np.asarray(resized, dtype=np.float32), 0, 1)
 
 
-def _quantise(x: np.ndarray, depth: int) -> np.ndarray:
+ROWS_PER_CHUNK = 256  # quantise in row blocks: float temporaries stay small even at 4096 x 16384
+
+
+def _quantise_into(out: np.ndarray, x: np.ndarray, depth: int) -> None:
     top = 65535 if depth == 16 else 255
-    return np.rint(np.clip(x, 0, 1) * top).astype(np.uint16 if depth == 16 else np.uint8)
+    for r in range(0, x.shape[0], ROWS_PER_CHUNK):
+        block = np.clip(x[r : r + ROWS_PER_CHUNK], 0, 1) * top
+        out[r : r + ROWS_PER_CHUNK] = np.rint(block, out=block)
+
+
+def _pixels(rgb: np.ndarray, source: DecodedImage, keep_alpha: bool, depth: int) -> np.ndarray:
+    """(H, W, planes) integer pixels: grey or RGB, plus alpha when kept."""
+    h, w = rgb.shape[:2]
+    colour = 1 if source.gray else 3
+    out = np.empty((h, w, colour + int(keep_alpha)), dtype=np.uint16 if depth == 16 else np.uint8)
+    for r in range(0, h, ROWS_PER_CHUNK):
+        rows = rgb[r : r + ROWS_PER_CHUNK]
+        _quantise_into(out[r : r + ROWS_PER_CHUNK, :, :colour], luma(rows)[..., None] if source.gray else rows, depth)
+    if keep_alpha:
+        assert source.alpha is not None
+        _quantise_into(out[..., colour], _resize_alpha(source.alpha, (h, w)), depth)
+    return out
 
 
 def encode_image(
     rgb: np.ndarray, source: DecodedImage, fmt: str, *, quality: int | None = None, png_level: int = 3
 ) -> tuple[bytes, str]:
     """(bytes, content type) for an (H, W, 3) float result."""
-    h, w = rgb.shape[:2]
-    planes = [luma(rgb)[..., None]] if source.gray else [rgb]
-    alpha = source.alpha
-    keep_alpha = alpha is not None and fmt != "jpeg"
-    if keep_alpha:
-        assert alpha is not None
-        planes.append(_resize_alpha(alpha, (h, w))[..., None])
-    stacked = np.concatenate(planes, axis=2)
+    keep_alpha = source.alpha is not None and fmt != "jpeg"
     depth = 16 if source.bit_depth == 16 and fmt == "png" else 8
-    pixels = _quantise(stacked, depth)
+    pixels = _pixels(rgb, source, keep_alpha, depth)
     buf = io.BytesIO()
     icc = source.icc
     if depth == 16:
