@@ -323,3 +323,45 @@ async def test_web_page_is_the_fallback(live: LiveApp) -> None:
     if WEB_DIR.is_dir():
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert_error(await live.client.get("/restore/deblur"), 405, "method_not_allowed")
+
+
+async def test_readyz_is_503_until_warmed(checkpoints) -> None:
+    backends, backend = gated(checkpoints)
+    settings = make_settings({"deblur": checkpoints["deblur"]}, warmup_size=16)
+    from contextlib import AsyncExitStack
+
+    import httpx
+
+    from service.app import create_app
+
+    app = create_app(settings, backends=backends)
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(app.router.lifespan_context(app))
+        transport = httpx.ASGITransport(app=app)
+        client = await stack.enter_async_context(httpx.AsyncClient(transport=transport, base_url="http://t"))
+        r = await client.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "warming"
+        assert "diffir_ready 0.0" in (await client.get("/metrics")).text
+        assert (await client.get("/healthz")).status_code == 200
+        backend.release.set()
+        for _ in range(500):
+            if (await client.get("/readyz")).status_code == 200:
+                break
+            await asyncio.sleep(0.01)
+        assert (await client.get("/readyz")).status_code == 200
+        assert "diffir_ready 1.0" in (await client.get("/metrics")).text
+
+
+async def test_coarse_buckets_batch_different_sizes(checkpoints) -> None:
+    settings = make_settings({"deblur": checkpoints["deblur"]}, bucket_multiple=64, max_wait_ms=200)
+    async for live in start_app(settings):
+        c = live.client
+        sizes = [(40, 24), (48, 30), (64, 64)]
+        alone = [await c.post("/restore/deblur", content=encode(gradient(*s)), headers=PNG) for s in sizes]
+        together = await asyncio.gather(
+            *(c.post("/restore/deblur", content=encode(gradient(*s)), headers=PNG) for s in sizes)
+        )
+        assert {r.headers["x-batch-size"] for r in together} == {"3"}
+        for size, a, t in zip(sizes, alone, together):
+            assert decode(t.content).size == size
+            assert a.content == t.content  # padded to its own bucket either way: batch-independent
