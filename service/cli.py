@@ -93,7 +93,9 @@ def main(argv: list[str]) -> int:
         return 1
     s = settings
     engine = Engine(
-        args.task, backend, EngineLimits(s.tile_size, s.tile_overlap, s.tile_threshold_pixels, s.bucket_multiple)
+        args.task,
+        backend,
+        EngineLimits(s.tile_size, s.tile_overlap, s.tile_threshold_pixels, s.bucket_multiple, s.prior_max_pixels),
     )
     configure_inference_thread()
     files = collect(args.inputs)

@@ -9,10 +9,12 @@ switch to tiled restoration for large inputs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from models.diffir import noise_for_seed
 from models.sizing import pad_bottom_right, padded_size
@@ -40,6 +42,7 @@ class EngineLimits:
     tile_overlap: int
     tile_threshold_pixels: int
     bucket_multiple: int
+    prior_max_pixels: int = 2048 * 2048
 
 
 class Engine:
@@ -98,10 +101,21 @@ class Engine:
         s = self.info.scale
         return [out[i : i + 1, :, : j.size[0] * s, : j.size[1] * s] for i, j in enumerate(jobs)]
 
+    def _prior_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The padded whole image, or for backends without a bounded-memory prior (exported graphs)
+        and images above `prior_max_pixels`, an area-downscaled copy: an approximation of the IPR
+        that keeps memory bounded (the torch backend computes the exact one window by window)."""
+        h, w = x.shape[-2:]
+        if not getattr(self.backend, "exact_large_prior", False) and h * w > self.limits.prior_max_pixels:
+            factor = math.ceil(math.sqrt(h * w / self.limits.prior_max_pixels))
+            x = F.avg_pool2d(x, factor, ceil_mode=True)
+            h, w = x.shape[-2:]
+        ph, pw = padded_size(h, w, self.info.size_multiple)
+        return pad_bottom_right(x, ph, pw, self.info.pad_mode)  # type: ignore[arg-type]
+
     def _run_tiled(self, job: Job) -> torch.Tensor:
         x = self.network_input(job)
-        ph, pw = padded_size(*job.size, self.info.size_multiple)
-        whole = pad_bottom_right(x, ph, pw, self.info.pad_mode)  # type: ignore[arg-type]
+        whole = self._prior_input(x)
         ipr = self.backend.prior(whole, self.noise([job]))
         del whole
         return restore_tiled(

@@ -22,6 +22,7 @@ Every setting (environment variable, default, meaning):
 | `DIFFIR_TILE_SIZE` | `512` | tile edge (input pixels) for large images |
 | `DIFFIR_TILE_OVERLAP` | `32` | overlap between neighbouring tiles (input pixels), blended with a linear feather |
 | `DIFFIR_TILE_THRESHOLD_PIXELS` | `1048576` | larger inputs are restored in tiles (one global IPR) |
+| `DIFFIR_PRIOR_MAX_PIXELS` | `4194304` | exported graphs: larger tiled inputs get their IPR from a downscaled copy |
 | `DIFFIR_BUCKET_MULTIPLE` | `0` | pad sizes up to a multiple of this to batch more (0: the model's multiple) |
 | `DIFFIR_MASK_THRESHOLD` | `0.5` | a mask pixel is a hole when its luminance (× alpha) is at least this (0–1) |
 | `DIFFIR_PNG_COMPRESS_LEVEL` | `3` | zlib level of PNG responses (0–9) |
@@ -102,6 +103,7 @@ class Settings(BaseSettings):
     tile_size: int = Field(512, ge=32, le=8192)
     tile_overlap: int = Field(32, ge=0, le=1024)
     tile_threshold_pixels: int = Field(1024 * 1024, ge=1)
+    prior_max_pixels: int = Field(2048 * 2048, ge=64 * 64)
     bucket_multiple: int = Field(0, ge=0, le=4096)
     mask_threshold: float = Field(0.5, gt=0, le=1)
     png_compress_level: int = Field(3, ge=0, le=9)

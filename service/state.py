@@ -58,7 +58,11 @@ class ServiceState:
         self.draining = False
         self.tasks: dict[str, TaskRuntime] = {}
         limits = EngineLimits(
-            settings.tile_size, settings.tile_overlap, settings.tile_threshold_pixels, settings.bucket_multiple
+            settings.tile_size,
+            settings.tile_overlap,
+            settings.tile_threshold_pixels,
+            settings.bucket_multiple,
+            settings.prior_max_pixels,
         )
         for name, backend in backends.items():
             engine = Engine(name, backend, limits)

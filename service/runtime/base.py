@@ -60,6 +60,8 @@ class Backend(Protocol):
     """What really executes it, read back after loading (e.g. "cpu", "cuda:0", "CPUExecutionProvider")."""
     supports_tiling: bool
     """True when `prior` and `restore` exist separately (needed for tiled restoration)."""
+    exact_large_prior: bool
+    """True when `prior` on a huge image keeps memory bounded by itself (else the engine downscales)."""
 
     def run(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Full restoration of a padded batch: (B, C, H, W), (B, ipr_dim) -> (B, 3, H*s, W*s)."""

@@ -33,6 +33,7 @@ class OnnxBackend:
         }
         self.info = model_info(artifacts)
         self.provider = next(iter(self.sessions.values())).get_providers()[0]
+        self.exact_large_prior = False
         self.supports_tiling = {"prior", "restorer"} <= self.sessions.keys()
 
     def _call(self, graph: str, a_name: str, a: torch.Tensor, b_name: str, b: torch.Tensor) -> torch.Tensor:

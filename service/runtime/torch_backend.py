@@ -32,6 +32,7 @@ def _version(meta: dict | None, sha256: str) -> str:
 class TorchBackend:
     name = "torch"
     supports_tiling = True
+    exact_large_prior = True  # `prior` runs CPEN window by window: exact and memory-bounded
 
     def __init__(self, path: Path, variant: str | None, device: torch.device, precision: str = "fp32") -> None:
         from models.checkpoint import load_model, read_sidecar, sha256_file

@@ -18,6 +18,7 @@ class TorchScriptBackend:
         }
         self.info = model_info(artifacts)
         self.provider = describe(device)
+        self.exact_large_prior = False
         self.supports_tiling = {"prior", "restorer"} <= self.modules.keys()
 
     def _call(self, graph: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -192,3 +192,16 @@ def test_every_setting_is_documented() -> None:
         variable = f"`DIFFIR_{name.upper()}`"
         assert variable in section, variable
         assert variable in (module.__doc__ or ""), variable
+
+
+def test_exported_backend_tiles_with_a_bounded_prior(checkpoints, artifacts) -> None:
+    from service.engine import Engine, EngineLimits, Job
+
+    onnx = OnnxBackend(find_graphs(artifacts["onnx"]["full"]), CPU)
+    eager = TorchBackend(checkpoints["deblur"], None, CPU)
+    job = Job(torch.rand(1, 3, 96, 120, generator=torch.Generator().manual_seed(0)), None, seed=1)
+    exact = Engine("d", eager, EngineLimits(48, 8, 1000, 0)).run_batch([job])[0]
+    same = Engine("d", onnx, EngineLimits(48, 8, 1000, 0, prior_max_pixels=10**8)).run_batch([job])[0]
+    assert torch.allclose(same, exact, atol=1e-4)
+    approx = Engine("d", onnx, EngineLimits(48, 8, 1000, 0, prior_max_pixels=64 * 64)).run_batch([job])[0]
+    assert approx.shape == exact.shape and float((approx - exact).abs().mean()) < 0.05
