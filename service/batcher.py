@@ -1,9 +1,10 @@
 """An asyncio micro-batcher: bounded queue, one future per request, shape buckets, deadlines.
 
 One instance per task. `submit` puts a request in the queue (or refuses at once when the queue
-is full or the server drains) and awaits its own future. A single loop forms batches: it serves
-the bucket that holds the oldest waiting request, and closes the batch when `max_batch_size`
-requests of that bucket wait or `max_wait` has passed since the oldest arrived. Before a batch
+is full, by count or by total cost such as pixels, or the server drains) and awaits its own
+future. A single loop forms batches: it serves the bucket that holds the oldest waiting request,
+and closes the batch when `max_batch_size` requests of that bucket wait or `max_wait` has passed
+since the oldest arrived. Before a batch
 reaches the model, requests whose deadline passed or whose client went away are dropped. An
 exception in a batch fails exactly that batch's futures; the number of outputs is checked.
 Batches run one after another, so while the model is busy the next batch fills up by itself.
@@ -55,6 +56,7 @@ class _Entry(Generic[I, O]):
     enqueued: float
     deadline: float
     alive: Callable[[], Awaitable[bool]] | None
+    cost: int = 0
     future: asyncio.Future[tuple[O, float]] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -67,6 +69,8 @@ class Batcher(Generic[I, O]):
         max_batch_size: int,
         max_wait_s: float,
         queue_size: int,
+        cost: Callable[[I], int] | None = None,
+        max_queued_cost: int | None = None,
         hooks: BatcherHooks | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -75,6 +79,9 @@ class Batcher(Generic[I, O]):
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.queue_size = queue_size
+        self._cost = cost or (lambda item: 0)
+        self.max_queued_cost = max_queued_cost
+        self._queued_cost = 0
         self.hooks = hooks or BatcherHooks()
         self._clock = clock
         self._buckets: dict[Hashable, deque[_Entry[I, O]]] = {}
@@ -105,10 +112,15 @@ class Batcher(Generic[I, O]):
         if self._count >= self.queue_size:
             self.hooks.rejected("queue_full")
             raise QueueFull(f"queue full ({self.queue_size} waiting)")
+        cost = self._cost(item)
+        if self.max_queued_cost is not None and self._count and self._queued_cost + cost > self.max_queued_cost:
+            self.hooks.rejected("queue_full")
+            raise QueueFull(f"queue full ({self._queued_cost} of {self.max_queued_cost} pixels waiting)")
         now = self._clock()
-        entry: _Entry[I, O] = _Entry(item, self._key(item), now, now + deadline_s, alive)
+        entry: _Entry[I, O] = _Entry(item, self._key(item), now, now + deadline_s, alive, cost)
         self._buckets.setdefault(entry.key, deque()).append(entry)
         self._count += 1
+        self._queued_cost += cost
         self._idle.clear()
         self.hooks.depth(self._count)
         self._changed.set()
@@ -141,6 +153,7 @@ class Batcher(Generic[I, O]):
                     entry.future.set_exception(Draining("shut down before this request ran"))
         self._buckets.clear()
         self._count = 0
+        self._queued_cost = 0
         return finished
 
     # --- the loop ---------------------------------------------------------------------------
@@ -169,6 +182,7 @@ class Batcher(Generic[I, O]):
             if not bucket:
                 del self._buckets[key]
             self._count -= len(taken)
+            self._queued_cost -= sum(e.cost for e in taken)
             try:
                 self.hooks.depth(self._count)
                 live = await self._filter(taken)

@@ -160,7 +160,8 @@ async def _restore(
     body = await read_body(request, s.max_body_bytes)
     image_bytes, mask_bytes = await split_body(request.headers, body, rt.engine.info.needs_mask)
     t0 = time.perf_counter()
-    image, tensor, mask = await run_in_threadpool(_decode, image_bytes, mask_bytes, rt, state)
+    async with state.decode_slots:
+        image, tensor, mask = await run_in_threadpool(_decode, image_bytes, mask_bytes, rt, state)
     del body, image_bytes, mask_bytes
     timings["decode"] = time.perf_counter() - t0
     h, w = image.size

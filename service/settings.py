@@ -14,6 +14,8 @@ Every setting (environment variable, default, meaning):
 | `DIFFIR_MAX_BATCH_SIZE` | `4` | most requests run in one model call (1 turns batching off) |
 | `DIFFIR_MAX_WAIT_MS` | `5` | how long the oldest queued request waits for others to join its batch |
 | `DIFFIR_QUEUE_SIZE` | `32` | queued requests per task; beyond it: 503 `queue_full` with `Retry-After` |
+| `DIFFIR_MAX_QUEUED_PIXELS` | `67108864` | input pixels queued per task (bounds memory); 503 `queue_full` beyond |
+| `DIFFIR_DECODE_CONCURRENCY` | `4` | uploads decoded at once (bounds memory of decoding) |
 | `DIFFIR_DEADLINE_S` | `60` | a request not answered within this many seconds gets 504 `deadline_exceeded` |
 | `DIFFIR_RETRY_AFTER_S` | `1` | value of `Retry-After` on 503 responses |
 | `DIFFIR_MAX_BODY_BYTES` | `33554432` | request body cap in bytes (32 MiB); 413 `body_too_large` |
@@ -95,6 +97,8 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(4, ge=1, le=256)
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)
     queue_size: int = Field(32, ge=1, le=100_000)
+    max_queued_pixels: int = Field(64 * 1024 * 1024, ge=1)
+    decode_concurrency: int = Field(4, ge=1, le=256)
     deadline_s: float = Field(60.0, gt=0, le=3600)
     retry_after_s: int = Field(1, ge=1, le=3600)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)

@@ -54,6 +54,7 @@ class ServiceState:
         self.executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="diffir-infer", initializer=configure_inference_thread
         )
+        self.decode_slots = asyncio.Semaphore(settings.decode_concurrency)
         self.warmed = False
         self.draining = False
         self.tasks: dict[str, TaskRuntime] = {}
@@ -110,6 +111,8 @@ class ServiceState:
             max_batch_size=s.max_batch_size,
             max_wait_s=s.max_wait_ms / 1000,
             queue_size=s.queue_size,
+            cost=lambda job: job.size[0] * job.size[1],
+            max_queued_cost=s.max_queued_pixels,
             hooks=hooks,
         )
 

@@ -184,3 +184,18 @@ async def test_metrics_hooks_see_batches_and_depth() -> None:
     assert sizes == [3]
     assert max(depths) == 3 and depths[-1] == 0
     await b.close(1)
+
+
+async def test_queued_cost_cap_refuses_but_never_starves_a_lone_request() -> None:
+    model = Model(gated=True)
+    b = make(model, max_batch_size=1, max_wait_s=0.0, cost=lambda item: item, max_queued_cost=100)
+    running = asyncio.ensure_future(b.submit(10, deadline_s=10))
+    await asyncio.wait_for(model.entered.wait(), 5)
+    huge = asyncio.ensure_future(b.submit(500, deadline_s=10))  # alone in the queue: accepted
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFull):
+        await b.submit(1, deadline_s=10)  # 500 + 1 > 100 while something waits
+    model.release.set()
+    await asyncio.wait_for(asyncio.gather(running, huge), 5)
+    assert (await asyncio.wait_for(b.submit(60, deadline_s=10), 5))[0] == ("out", 60)
+    await b.close(1)
