@@ -188,3 +188,37 @@ def test_local_cli_matches_the_server(checkpoints, tmp_path: Path) -> None:
             assert client.restore("deblur", src / "a.png", seed=3).data == (out / "a.png").read_bytes()
     finally:
         srv.stop()
+
+
+def test_client_gone_while_queued_is_not_computed(checkpoints) -> None:
+    env = env_for({"deblur": checkpoints["deblur"]}, DIFFIR_MAX_BATCH_SIZE="1")
+    srv = Server(env)
+    try:
+        srv.wait_ready()
+        slow = encode(gradient(640, 640))
+        first = threading.Thread(
+            target=lambda: httpx.post(
+                f"{srv.url}/restore/deblur", content=slow, headers={"content-type": "image/png"}, timeout=120
+            )
+        )
+        first.start()
+        time.sleep(0.3)  # the first request is now decoding or in the model
+        small = encode(gradient(16, 16))
+        head = (
+            f"POST /restore/deblur HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {len(small)}\r\n\r\n"
+        ).encode()
+        with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+            sock.sendall(head + small)
+            time.sleep(0.3)  # queued behind the first
+        first.join(120)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            text = httpx.get(f"{srv.url}/metrics").text
+            if 'diffir_disconnected_total{task="deblur"} 1.0' in text:
+                break
+            time.sleep(0.1)
+        assert 'diffir_disconnected_total{task="deblur"} 1.0' in text
+        assert 'diffir_batch_size_count{task="deblur"} 1.0' in text  # only the first one reached the model
+    finally:
+        srv.stop()
