@@ -365,3 +365,18 @@ async def test_coarse_buckets_batch_different_sizes(checkpoints) -> None:
         for size, a, t in zip(sizes, alone, together):
             assert decode(t.content).size == size
             assert a.content == t.content  # padded to its own bucket either way: batch-independent
+
+
+async def test_shipped_defaults_serve_deblur_when_present() -> None:
+    """With no settings at all the service serves the shipped models (once they are in models/weights)."""
+    from models.tasks import TASKS
+    from service.settings import Settings
+
+    paths = [TASKS[name].default_checkpoint_path() for name in TASKS]
+    if not all(p is not None and p.is_file() for p in paths):
+        pytest.skip("shipped weights not in models/weights yet (the clear start-up error is tested instead)")
+    async for live in start_app(Settings(warmup_size=16)):
+        r = await live.client.post("/restore/deblur", content=encode(gradient(48, 40)), headers=PNG)
+        assert r.status_code == 200 and decode(r.content).size == (48, 40)
+        tasks = {t["name"] for t in (await live.client.get("/tasks")).json()["tasks"]}
+        assert tasks == set(TASKS)
