@@ -65,17 +65,22 @@ def restore_tiled(
     overlap = min(overlap, tile // 2 - 1) if tile > 2 else 0
     rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
     out = torch.zeros((1, 3, h * scale, w * scale))
-    weight = torch.zeros((1, 1, h * scale, w * scale))
+    # The blend weight of tile (i, j) is wy_i(y) * wx_j(x), so the total weight at a pixel is
+    # (sum_i wy_i(y)) * (sum_j wx_j(x)): two 1-D sums instead of a full-size weight image.
+    row_sum, col_sum = torch.zeros(h * scale), torch.zeros(w * scale)
     for i, top in enumerate(rows):
         th = min(tile, h - top)
         wy = ramp(th * scale, overlap * scale, i > 0, i < len(rows) - 1)
+        row_sum[top * scale : (top + th) * scale] += wy
         for j, left in enumerate(cols):
             tw = min(tile, w - left)
             wx = ramp(tw * scale, overlap * scale, j > 0, j < len(cols) - 1)
+            if i == 0:
+                col_sum[left * scale : (left + tw) * scale] += wx
             piece, _ = pad_to_multiple(lq[..., top : top + th, left : left + tw], multiple, pad_mode)  # type: ignore[arg-type]
             restored = restore(piece.contiguous(), ipr)[..., : th * scale, : tw * scale]
-            blend = (wy[:, None] * wx[None, :])[None, None]
             ys, xs = slice(top * scale, (top + th) * scale), slice(left * scale, (left + tw) * scale)
-            out[..., ys, xs] += restored * blend
-            weight[..., ys, xs] += blend
-    return out.div_(weight)
+            out[..., ys, xs] += restored * (wy[:, None] * wx[None, :])
+    for r in range(0, h * scale, 256):  # normalise in row blocks (no full-size temporary)
+        out[..., r : r + 256, :] /= row_sum[r : r + 256, None] * col_sum[None, :]
+    return out

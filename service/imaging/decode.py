@@ -127,7 +127,8 @@ def _to_arrays(im: Image.Image, data: bytes, fmt: str, wide: bool) -> tuple[np.n
         a = np.asarray(im.convert("LA"), dtype=np.float32) / 255.0
         return a[..., :1], a[..., 1], True, 8
     has_alpha = mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in im.info)
-    rgb = im.convert("RGBA" if has_alpha else "RGB")
+    target = "RGBA" if has_alpha else "RGB"
+    rgb = im if im.mode == target else im.convert(target)
     a = np.asarray(rgb, dtype=np.float32)
     a /= 255.0  # in place: one float copy of a large image, not two
     return a[..., :3], (a[..., 3] if has_alpha else None), False, 8
