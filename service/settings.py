@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
 
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _api_key(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value  # empty means no key
+
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:

@@ -181,6 +181,8 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, checkpoints)
     assert s.max_batch_size == 8 and s.api_key is not None and s.api_key.get_secret_value() == "k"
     assert s.tasks["deblur"].checkpoint == checkpoints["deblur"]
     assert resolve_device("cpu") == CPU
+    monkeypatch.setenv("DIFFIR_API_KEY", "")
+    assert Settings().api_key is None  # an empty key is no key, not "any key"
 
 
 def test_every_setting_is_documented() -> None:
