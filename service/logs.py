@@ -37,5 +37,5 @@ def configure_logging(level: str, as_json: bool) -> None:
     logger.addHandler(handler)
 
 
-def log_event(message: str, level: int = logging.INFO, **fields: object) -> None:
-    logging.getLogger(LOGGER).log(level, message, extra={"fields": fields})
+def log_event(message: str, level: int = logging.INFO, *, exc_info: bool = False, **fields: object) -> None:
+    logging.getLogger(LOGGER).log(level, message, exc_info=exc_info, extra={"fields": fields})

@@ -128,10 +128,9 @@ async def restore(
         if err.status != 500 and rt is not None and err.code not in ("queue_full", "draining", "deadline_exceeded"):
             state.metrics.rejected.labels(label, err.code).inc()
     except Exception:
-        log_event("batch failed", logging.ERROR, request_id=request_id, task=task, exc_info=True)
-        response = error_response(
-            ServiceError("internal_error", "the model failed on this request's batch"), request_id
-        )
+        log_event("restore failed", logging.ERROR, exc_info=True, request_id=request_id, task=task)
+        failure = ServiceError("internal_error", "restoring this request failed (its batch failed in the model)")
+        response = error_response(failure, request_id)
     elapsed = time.perf_counter() - started
     state.metrics.requests.labels(label, str(response.status_code)).inc()
     if rt is not None:
