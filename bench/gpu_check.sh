@@ -119,6 +119,21 @@ with torch.inference_mode():
     err = (backend.run(lq, noise) - net(lq, noise=noise)).abs().max().item()
 check("onnxruntime parity vs eager cpu", err <= 1e-3, f"max abs err {err:.2e}")
 
+# --- 3b. TorchScript traced on the CPU (as the export does), loaded onto the device -----------------
+ts_path = tmp / "deblur.full.ts"
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    with torch.no_grad():
+        torch.jit.trace(FullGraph(net).eval(), (torch.rand(1, 3, 64, 64), torch.randn(1, 256)), check_trace=False).save(str(ts_path))
+try:
+    ts = torch.jit.load(str(ts_path), map_location=DEV)
+    with torch.inference_mode():
+        got = ts(lq.to(DEV), noise.to(DEV)).cpu()
+        err = (got - net(lq, noise=noise)).abs().max().item()
+    check("torchscript (CPU-traced) on " + DEV.type, err <= 1e-3, f"max abs err {err:.2e}")
+except Exception as exc:  # e.g. a device baked into the trace
+    check("torchscript (CPU-traced) on " + DEV.type, False, f"{type(exc).__name__}: {str(exc)[:200]}")
+
 # --- 4. the service end to end on CUDA -------------------------------------------------------------
 with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
