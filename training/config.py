@@ -51,6 +51,10 @@ class TrainConfig:
     val_crop: int = 192
     val_seed: int = 1234
     val_save: int = 2
+    blur_p_real: float = 0.3
+    """Motion blur: share of samples blurred with a (rotated/flipped) real Levin kernel."""
+    blur_kernel_sizes: tuple[int, int] = (11, 31)
+    """Motion blur: size range of the synthetic shake kernels (odd, pixels)."""
     mask_dir: str = ""
     mask_hole_is_white: bool = True
     mask_coverage: tuple[float, float] = (0.0, 1.0)

@@ -48,6 +48,8 @@ def build_dataset(cfg: TrainConfig):
 
 def build_degradation(cfg: TrainConfig):
     opts: dict[str, Any] = {}
+    if cfg.degradation_id() == "motion-blur":
+        opts = {"p_real": cfg.blur_p_real, "kernel_sizes": cfg.blur_kernel_sizes}
     if cfg.degradation_id() == "lama-masks":
         opts = {"coverage": cfg.mask_coverage}
         if cfg.mask_dir:
