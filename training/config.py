@@ -151,6 +151,8 @@ class TrainConfig:
         return self.degradation or get_task(self.task).degradation
 
 
+# Official progressive training (reference §2): patch and per-GPU batch per phase; shares in k-iterations.
+_DEBLUR_PHASES: dict[str, Any] = {"patches": (192, 256, 320, 384, 464, 512), "batches": (8, 4, 2, 2, 1, 1)}
 _SR_BASE: dict[str, Any] = {"betas": (0.9, 0.99), "patches": (128,), "batches": (8,)}
 
 # Recipes: the official hyper-parameters per family (reference §2-5), with lengths as fractions.
@@ -162,17 +164,15 @@ TASK_RECIPES: dict[str, dict[int, dict[str, Any]]] = {
             "periods": (92 / 300, 208 / 300),
             "restart_weights": (1.0, 1.0),
             "eta_min": (2.85e-4, 1e-6),
-            "patches": (128, 160, 192),
-            "batches": (8, 5, 4),
-            "phase_fracs": (0.4, 0.3, 0.3),
+            **_DEBLUR_PHASES,
+            "phase_fracs": (92, 80, 38, 33, 33, 24),
         },
         2: {
             "betas": (0.9, 0.99),
             "encoder_frac": 0.25,
             "joint_decay_frac": 0.2,
-            "patches": (128, 160, 192),
-            "batches": (8, 5, 4),
-            "phase_fracs": (0.4, 0.3, 0.3),
+            **_DEBLUR_PHASES,
+            "phase_fracs": (150, 60, 50, 60, 40, 40),
         },
     },
     "sr": {

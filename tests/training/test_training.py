@@ -111,7 +111,7 @@ def test_cli_defaults_and_strict_keys(tmp_path):
     cfg = _parse(["--task", "sr-x4", "--data", "a", "b"])
     assert cfg.data == ("a", "b") and cfg.betas == (0.9, 0.99) and cfg.model_config().scale == 4
     deblur = _parse(["--task", "deblur", "--data", "x"])
-    assert deblur.schedule == "cosine_restart" and len(deblur.patches) == 3
+    assert deblur.schedule == "cosine_restart" and deblur.patches == (192, 256, 320, 384, 464, 512)
     inpaint = _parse(["--task", "inpaint", "--data", "x"], stage=2)
     assert (inpaint.weight_known, inpaint.weight_missing, inpaint.grad_clip) == (10.0, 0.0, 1.0)
     conf = tmp_path / "c.toml"
