@@ -52,7 +52,7 @@ def describe_task(rt: TaskRuntime, state: ServiceState) -> dict:
             "max_input_pixels": min(s.max_input_pixels, s.max_output_pixels // scale2),
             "max_output_pixels": s.max_output_pixels,
             "tile_threshold_pixels": s.tile_threshold_pixels,
-            "max_batch_size": s.max_batch_size,
+            "max_batch_size": rt.batcher.max_batch_size,
             "queue_size": s.queue_size,
             "deadline_s": s.deadline_s,
         },

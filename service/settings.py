@@ -11,7 +11,7 @@ Every setting (environment variable, default, meaning):
 | `DIFFIR_BACKEND` | `torch` | default backend: `torch` (eager), `torchscript`, `onnxruntime` |
 | `DIFFIR_PRECISION` | `fp32` | torch eager on CUDA only: `fp32`, `fp16`, `bf16` (CPU always runs fp32) |
 | `DIFFIR_TORCH_THREADS` | unset | intra-op threads for torch and ONNX Runtime (unset: library default) |
-| `DIFFIR_MAX_BATCH_SIZE` | `4` | most requests run in one model call (1 turns batching off) |
+| `DIFFIR_MAX_BATCH_SIZE` | auto | most requests per model call; unset: 8 on CUDA, 1 on CPU (batching is slower there) |
 | `DIFFIR_MAX_WAIT_MS` | `5` | how long the oldest queued request waits for others to join its batch |
 | `DIFFIR_QUEUE_SIZE` | `32` | queued requests per task; beyond it: 503 `queue_full` with `Retry-After` |
 | `DIFFIR_MAX_QUEUED_PIXELS` | `67108864` | input pixels queued per task (bounds memory); 503 `queue_full` beyond |
@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     backend: BackendName = "torch"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     torch_threads: int | None = Field(None, ge=1, le=256)
-    max_batch_size: int = Field(4, ge=1, le=256)
+    max_batch_size: int | None = Field(None, ge=1, le=256)
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)
     queue_size: int = Field(32, ge=1, le=100_000)
     max_queued_pixels: int = Field(64 * 1024 * 1024, ge=1)

@@ -40,6 +40,18 @@ def load_backends(settings: Settings) -> dict[str, Backend]:
     return {name: load_backend(name, spec, settings, device) for name, spec in specs.items()}
 
 
+def batch_size_for(settings: Settings, backend: Backend) -> int:
+    """DIFFIR_MAX_BATCH_SIZE, or by default 8 on a GPU and 1 on a CPU.
+
+    Measured on the 2-core CPU (bench/results/service.md): one batch of 4 costs 1.5-1.9x the
+    per-image time of four single calls, so batching only pays off where the device has spare
+    parallelism (GPUs).
+    """
+    if settings.max_batch_size is not None:
+        return settings.max_batch_size
+    return 8 if backend.provider.lower().startswith("cuda") else 1
+
+
 @dataclass
 class TaskRuntime:
     name: str
@@ -108,7 +120,7 @@ class ServiceState:
         return Batcher(
             run_batch,
             key=engine.bucket,
-            max_batch_size=s.max_batch_size,
+            max_batch_size=batch_size_for(s, engine.backend),
             max_wait_s=s.max_wait_ms / 1000,
             queue_size=s.queue_size,
             cost=lambda job: job.size[0] * job.size[1],
@@ -132,9 +144,10 @@ class ServiceState:
     async def warm_up(self) -> None:
         """Warm every task at batch 1 and at the max batch, on the inference thread."""
         loop = asyncio.get_running_loop()
-        size, batches = self.settings.warmup_size, (1, self.settings.max_batch_size)
+        size = self.settings.warmup_size
         for rt in self.tasks.values():
             started = time.perf_counter()
+            batches = (1, rt.batcher.max_batch_size)
             try:
                 await loop.run_in_executor(self.executor, rt.engine.warmup, size, batches)
             except Exception as exc:  # stay not-ready (readyz never lies) and say why

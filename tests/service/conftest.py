@@ -49,7 +49,13 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def make_settings(checkpoints: dict[str, Path], **overrides: object) -> Settings:
     tasks = {name: {"checkpoint": str(path)} for name, path in checkpoints.items()}
-    base: dict[str, object] = {"tasks": tasks, "warmup_size": 16, "max_wait_ms": 2, "log_json": True}
+    base: dict[str, object] = {
+        "tasks": tasks,
+        "warmup_size": 16,
+        "max_wait_ms": 2,
+        "max_batch_size": 4,  # batching on, even on the CPU, so tests exercise it
+        "log_json": True,
+    }
     base.update(overrides)
     return Settings(**base)  # type: ignore[arg-type]
 

@@ -207,3 +207,13 @@ def test_exported_backend_tiles_with_a_bounded_prior(checkpoints, artifacts) -> 
     assert torch.allclose(same, exact, atol=1e-4)
     approx = Engine("d", onnx, EngineLimits(48, 8, 1000, 0, prior_max_pixels=64 * 64)).run_batch([job])[0]
     assert approx.shape == exact.shape and float((approx - exact).abs().mean()) < 0.05
+
+
+def test_default_batch_size_follows_the_device(checkpoints) -> None:
+    from service.state import batch_size_for
+
+    backend = TorchBackend(checkpoints["deblur"], None, CPU)
+    assert batch_size_for(Settings(), backend) == 1  # batching is slower per image on the CPU
+    backend.provider = "cuda:0 (NVIDIA H100)"
+    assert batch_size_for(Settings(), backend) == 8
+    assert batch_size_for(Settings(max_batch_size=3), backend) == 3
