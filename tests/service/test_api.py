@@ -380,3 +380,20 @@ async def test_shipped_defaults_serve_deblur_when_present() -> None:
         assert r.status_code == 200 and decode(r.content).size == (48, 40)
         tasks = {t["name"] for t in (await live.client.get("/tasks")).json()["tasks"]}
         assert tasks == set(TASKS)
+
+
+async def test_async_client(live: LiveApp) -> None:
+    import httpx
+
+    from service.client import AsyncClient, ClientError
+
+    transport = httpx.ASGITransport(app=live.app)
+    async with AsyncClient("http://test", transport=transport) as client:
+        assert await client.ready()
+        assert {t["name"] for t in await client.tasks()} == {"deblur", "sr-x4", "inpaint"}
+        mask = encode(Image.new("L", (32, 24), 255))
+        out = await client.restore("inpaint", encode(gradient(32, 24)), mask=mask, seed=2, format="webp", quality=90)
+        assert out.content_type == "image/webp" and decode(out.data).size == (32, 24)
+        with pytest.raises(ClientError) as err:
+            await client.restore("nope", encode(gradient()))
+        assert (err.value.status, err.value.code) == (404, "unknown_task") and err.value.request_id
