@@ -10,6 +10,7 @@ switch to tiled restoration for large inputs.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,8 @@ class Job:
     mask: torch.Tensor | None
     seed: int
     timings: dict[str, float] = field(default_factory=dict)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    """Set by the request handler when it gives up; long (tiled) work stops at the next tile."""
 
     @property
     def size(self) -> tuple[int, int]:
@@ -127,6 +130,7 @@ class Engine:
             multiple=self.info.size_multiple,
             pad_mode=self.info.pad_mode,
             scale=self.info.scale,
+            should_stop=job.cancelled.is_set,
         )
 
     def _finish(self, job: Job, out: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ never a 500. Only a failure inside the model batch is a 500 (`internal_error`, w
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Annotated, Literal
@@ -172,7 +173,8 @@ async def _restore(
         )
     state.metrics.input_pixels.labels(rt.name).observe(h * w)
     job = Job(tensor, mask, seed)
-    remaining = s.deadline_s - (time.perf_counter() - arrived)
+    deadline = s.tiled_deadline_s if rt.engine.tiled(job) else s.deadline_s
+    remaining = deadline - (time.perf_counter() - arrived)
 
     async def alive() -> bool:
         return not await request.is_disconnected()
@@ -180,7 +182,11 @@ async def _restore(
     try:
         out, waited = await rt.batcher.submit(job, deadline_s=remaining, alive=alive)
     except (QueueFull, Draining, DeadlineExceeded, Disconnected) as exc:
+        job.cancelled.set()  # a tiled restoration already running stops at its next tile
         raise _overload(exc, s.retry_after_s) from None
+    except asyncio.CancelledError:
+        job.cancelled.set()
+        raise
     timings["queue"] = waited
     timings["inference"] = job.timings.get("inference", 0.0)
     t1 = time.perf_counter()

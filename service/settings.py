@@ -17,6 +17,7 @@ Every setting (environment variable, default, meaning):
 | `DIFFIR_MAX_QUEUED_PIXELS` | `67108864` | input pixels queued per task (bounds memory); 503 `queue_full` beyond |
 | `DIFFIR_DECODE_CONCURRENCY` | `4` | uploads decoded at once (bounds memory of decoding) |
 | `DIFFIR_DEADLINE_S` | `60` | a request not answered within this many seconds gets 504 `deadline_exceeded` |
+| `DIFFIR_TILED_DEADLINE_S` | `900` | the deadline for inputs large enough to be tiled (minutes on a CPU at 4096²) |
 | `DIFFIR_RETRY_AFTER_S` | `1` | value of `Retry-After` on 503 responses |
 | `DIFFIR_MAX_BODY_BYTES` | `33554432` | request body cap in bytes (32 MiB); 413 `body_too_large` |
 | `DIFFIR_MAX_INPUT_PIXELS` | `16777216` | input pixel cap (4096²), checked from the header; 413 `too_many_pixels` |
@@ -100,6 +101,7 @@ class Settings(BaseSettings):
     max_queued_pixels: int = Field(64 * 1024 * 1024, ge=1)
     decode_concurrency: int = Field(4, ge=1, le=256)
     deadline_s: float = Field(60.0, gt=0, le=3600)
+    tiled_deadline_s: float = Field(900.0, gt=0, le=24 * 3600)
     retry_after_s: int = Field(1, ge=1, le=3600)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_input_pixels: int = Field(4096 * 4096, ge=1)

@@ -19,6 +19,10 @@ from models.sizing import pad_to_multiple
 RestoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+class TilingCancelled(RuntimeError):
+    """The request gave up (deadline, disconnect) while its tiles were being restored."""
+
+
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
     """Start offsets covering [0, size) with tiles of `tile`, neighbours overlapping by >= `overlap`."""
     if size <= tile:
@@ -58,8 +62,13 @@ def restore_tiled(
     multiple: int,
     pad_mode: str,
     scale: int,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> torch.Tensor:
-    """Restore one (1, C, H, W) unpadded input tile by tile under a fixed IPR -> (1, 3, H*s, W*s)."""
+    """Restore one (1, C, H, W) unpadded input tile by tile under a fixed IPR -> (1, 3, H*s, W*s).
+
+    `should_stop` is checked before every tile, so an abandoned request frees the device within
+    one tile's time instead of running to the end.
+    """
     _, _, h, w = lq.shape
     tile = effective_tile(tile_size, multiple)
     overlap = min(overlap, tile // 2 - 1) if tile > 2 else 0
@@ -77,6 +86,8 @@ def restore_tiled(
             wx = ramp(tw * scale, overlap * scale, j > 0, j < len(cols) - 1)
             if i == 0:
                 col_sum[left * scale : (left + tw) * scale] += wx
+            if should_stop():
+                raise TilingCancelled(f"stopped after {i * len(cols) + j} of {len(rows) * len(cols)} tiles")
             piece, _ = pad_to_multiple(lq[..., top : top + th, left : left + tw], multiple, pad_mode)  # type: ignore[arg-type]
             restored = restore(piece.contiguous(), ipr)[..., : th * scale, : tw * scale]
             ys, xs = slice(top * scale, (top + th) * scale), slice(left * scale, (left + tw) * scale)

@@ -103,3 +103,37 @@ async def test_tiled_request_through_the_api(checkpoints) -> None:
             outputs.append(np.asarray(decode(r.content)).astype(int))
     diff = np.abs(outputs[0] - outputs[1])
     assert diff.max() <= 3 and diff.mean() <= 0.1
+
+
+@pytest.mark.anyio
+async def test_abandoned_tiled_request_stops_early() -> None:
+    """A 504'd tiled request frees the inference thread at its next tile instead of running on."""
+    import asyncio
+    import time
+
+    from service.settings import Settings
+    from tests.service.conftest import IdentityBackend
+
+    class SlowTiles(IdentityBackend):
+        def restore(self, lq: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+            self.calls += 1
+            time.sleep(0.15)
+            return super().restore(lq, ipr)
+
+    backend = SlowTiles()
+    settings = Settings(
+        tasks={"deblur": {}},
+        warmup_size=0,
+        tiled_deadline_s=0.4,
+        tile_size=48,
+        tile_overlap=8,
+        tile_threshold_pixels=1000,
+    )
+    async for live in start_app(settings, backends={"deblur": backend}):
+        from PIL import Image
+
+        data = encode(Image.new("RGB", (120, 96), (10, 20, 30)))  # 3 x 3 = 9 tiles, 1.35 s of work
+        r = await live.client.post("/restore/deblur", content=data, headers={"content-type": "image/png"})
+        assert r.status_code == 504
+        await asyncio.sleep(0.5)
+        assert backend.calls < 9  # stopped after the deadline, not at the end
