@@ -108,7 +108,7 @@ class Progress:
 
 
 class Trainer:
-    """Runs one stage. `step_module_factory(cfg, device)` returns the stage's StepModule."""
+    """Runs one stage around a StepModule (`stage1.Stage1Step` / `stage2.Stage2Step`)."""
 
     def __init__(self, cfg: TrainConfig, step_module: nn.Module) -> None:
         self.cfg = cfg
@@ -179,7 +179,8 @@ class Trainer:
         if changed and self.rank == 0:
             print(f"[training] resuming with changed settings: {', '.join(sorted(changed))}", file=sys.stderr)
 
-    def save(self, final: bool = False) -> None:
+    def save(self) -> None:
+        """Resume state (atomic replace) plus the EMA weights as a numbered and a `latest` checkpoint."""
         if self.rank != 0:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -205,7 +206,6 @@ class Trainer:
         for old in olds[: max(0, len(olds) - self.cfg.keep)]:
             old.unlink()
             old.with_suffix(".json").unlink(missing_ok=True)
-        _ = final
 
     # --- one step --------------------------------------------------------------------------------
     def _set_lr(self, opt: torch.optim.Optimizer, lr: float) -> None:
@@ -270,7 +270,7 @@ class Trainer:
         if self.step >= cfg.steps:
             if self.rank == 0:
                 print(f"[training] {self.dir}: already at step {self.step} >= steps {cfg.steps}", file=sys.stderr)
-            self.save(final=True)
+            self.save()
             return self.dir / "model_latest.safetensors"
         old_int = signal.signal(signal.SIGINT, self._on_signal)
         old_term = signal.signal(signal.SIGTERM, self._on_signal)
@@ -322,7 +322,7 @@ class Trainer:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
             progress.close()
-        self.save(final=True)
+        self.save()
         if self.stop_requested:
             raise SystemExit(130)
         return self.dir / "model_latest.safetensors"
