@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from models.diffir import noise_for_seed
 from models.sizing import pad_bottom_right, padded_size
 from service.runtime.base import Backend
-from service.tiling import restore_tiled
+from service.tiling import TiledRestoration, TilingCancelled, geometry
 
 
 @dataclass
@@ -117,21 +117,42 @@ class Engine:
         return pad_bottom_right(x, ph, pw, self.info.pad_mode)  # type: ignore[arg-type]
 
     def _run_tiled(self, job: Job) -> torch.Tensor:
+        run = self._start_tiled(job)
+        while True:
+            if job.cancelled.is_set():
+                raise TilingCancelled(f"stopped after {run.done} of {run.total} tiles")
+            if not run.step():
+                return run.result()
+
+    def _start_tiled(self, job: Job) -> TiledRestoration:
         x = self.network_input(job)
         whole = self._prior_input(x)
         ipr = self.backend.prior(whole, self.noise([job]))
         del whole
-        return restore_tiled(
-            x,
-            ipr,
-            self.backend.restore,
-            tile_size=self.limits.tile_size,
-            overlap=self.limits.tile_overlap,
-            multiple=self.info.size_multiple,
-            pad_mode=self.info.pad_mode,
-            scale=self.info.scale,
-            should_stop=job.cancelled.is_set,
+        g = geometry(
+            self.limits.tile_size,
+            self.limits.tile_overlap,
+            self.info.size_multiple,
+            self.info.pad_mode,
+            self.info.scale,
         )
+        return TiledRestoration(x, ipr, self.backend.restore, g)
+
+    # --- the same, one unit of work per call (the service interleaves other batches between them) --
+    def start_tiled(self, job: Job) -> TiledRestoration:
+        """Compute the global IPR and plan the tiles."""
+        with torch.inference_mode():
+            return self._start_tiled(job)
+
+    @staticmethod
+    def step_tiled(run: TiledRestoration) -> bool:
+        """Restore one tile; True while tiles remain."""
+        with torch.inference_mode():
+            return run.step()
+
+    def finish_tiled(self, job: Job, run: TiledRestoration) -> torch.Tensor:
+        with torch.inference_mode():
+            return self._finish(job, run.result())
 
     def _finish(self, job: Job, out: torch.Tensor) -> torch.Tensor:
         out = out.clamp_(0, 1)

@@ -180,7 +180,7 @@ async def _restore(
         return not await request.is_disconnected()
 
     try:
-        out, waited = await rt.batcher.submit(job, deadline_s=remaining, alive=alive)
+        out, waited = await rt.lane(job).submit(job, deadline_s=remaining, alive=alive)
     except (QueueFull, Draining, DeadlineExceeded, Disconnected) as exc:
         job.cancelled.set()  # a tiled restoration already running stops at its next tile
         raise _overload(exc, s.retry_after_s) from None

@@ -16,6 +16,7 @@ Every setting (environment variable, default, meaning):
 | `DIFFIR_QUEUE_SIZE` | `32` | queued requests per task; beyond it: 503 `queue_full` with `Retry-After` |
 | `DIFFIR_MAX_QUEUED_PIXELS` | `67108864` | input pixels queued per task (bounds memory); 503 `queue_full` beyond |
 | `DIFFIR_DECODE_CONCURRENCY` | `4` | uploads decoded at once (bounds memory of decoding) |
+| `DIFFIR_LARGE_QUEUE_SIZE` | `4` | queued tiled (large) inputs per task; they run one at a time, tile by tile |
 | `DIFFIR_DEADLINE_S` | `60` | a request not answered within this many seconds gets 504 `deadline_exceeded` |
 | `DIFFIR_TILED_DEADLINE_S` | `900` | the deadline for inputs large enough to be tiled (minutes on a CPU at 4096²) |
 | `DIFFIR_RETRY_AFTER_S` | `1` | value of `Retry-After` on 503 responses |
@@ -99,6 +100,7 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)
     queue_size: int = Field(32, ge=1, le=100_000)
     max_queued_pixels: int = Field(64 * 1024 * 1024, ge=1)
+    large_queue_size: int = Field(4, ge=1, le=10_000)
     decode_concurrency: int = Field(4, ge=1, le=256)
     deadline_s: float = Field(60.0, gt=0, le=3600)
     tiled_deadline_s: float = Field(900.0, gt=0, le=24 * 3600)

@@ -21,6 +21,7 @@ from service.metrics import Metrics
 from service.runtime.base import Backend
 from service.runtime.devices import configure_inference_thread
 from service.settings import Settings
+from service.tiling import TilingCancelled
 
 
 def load_backends(settings: Settings) -> dict[str, Backend]:
@@ -54,9 +55,24 @@ def batch_size_for(settings: Settings, backend: Backend) -> int:
 
 @dataclass
 class TaskRuntime:
+    """One task: its engine and two lanes, so one huge image never blocks the small ones.
+
+    `batcher` takes ordinary requests (batched by shape bucket). `large` takes inputs big enough
+    to be tiled, one at a time; each of their tiles is a separate job on the inference thread, so
+    batches from `batcher` (and from other tasks) run in between the tiles.
+    """
+
     name: str
     engine: Engine
     batcher: Batcher[Job, torch.Tensor]
+    large: Batcher[Job, torch.Tensor]
+
+    def lane(self, job: Job) -> Batcher[Job, torch.Tensor]:
+        return self.large if self.engine.tiled(job) else self.batcher
+
+    @property
+    def depth(self) -> int:
+        return self.batcher.depth + self.large.depth
 
 
 class ServiceState:
@@ -79,14 +95,18 @@ class ServiceState:
         )
         for name, backend in backends.items():
             engine = Engine(name, backend, limits)
-            self.tasks[name] = TaskRuntime(name, engine, self._batcher(engine))
+            self.tasks[name] = TaskRuntime(name, engine, self._batcher(engine), self._batcher(engine, large=True))
             metrics.model_info.labels(
                 name, backend.info.variant, backend.name, backend.provider, backend.info.version
             ).set(1)
             metrics.queue_depth.labels(name).set(0)
 
-    def _batcher(self, engine: Engine) -> Batcher[Job, torch.Tensor]:
+    def _batcher(self, engine: Engine, large: bool = False) -> Batcher[Job, torch.Tensor]:
         m, name, backend = self.metrics, engine.name, engine.backend.name
+
+        def on_depth(_: int) -> None:
+            rt = self.tasks.get(name)
+            m.queue_depth.labels(name).set(rt.depth if rt else 0)
 
         def on_batch(size: int, seconds: float, waits: list[float]) -> None:
             m.batch_size.labels(name).observe(size)
@@ -100,7 +120,7 @@ class ServiceState:
             m.rejected.labels(name, reason).inc()
 
         hooks = BatcherHooks(
-            depth=lambda n: m.queue_depth.labels(name).set(n),
+            depth=on_depth,
             rejected=lambda reason: m.rejected.labels(name, reason).inc(),
             dropped=on_dropped,
             batch=on_batch,
@@ -116,7 +136,33 @@ class ServiceState:
                 job.timings["batch"] = len(jobs)
             return outputs
 
+        async def run_large(jobs: list[Job]) -> list[torch.Tensor]:
+            (job,) = jobs
+            loop = asyncio.get_running_loop()
+            started = time.perf_counter()
+            run = await loop.run_in_executor(self.executor, engine.start_tiled, job)
+            while True:
+                if job.cancelled.is_set():
+                    raise TilingCancelled(f"abandoned after {run.done} of {run.total} tiles")
+                if not await loop.run_in_executor(self.executor, engine.step_tiled, run):
+                    break
+            out = await loop.run_in_executor(self.executor, engine.finish_tiled, job, run)
+            job.timings["inference"] = time.perf_counter() - started
+            job.timings["batch"] = 1
+            return [out]
+
         s = self.settings
+        if large:
+            return Batcher(
+                run_large,
+                key=lambda job: "large",
+                max_batch_size=1,
+                max_wait_s=0.0,
+                queue_size=s.large_queue_size,
+                cost=lambda job: job.size[0] * job.size[1],
+                max_queued_cost=s.max_queued_pixels,
+                hooks=hooks,
+            )
         return Batcher(
             run_batch,
             key=engine.bucket,
@@ -140,6 +186,7 @@ class ServiceState:
     def start(self) -> None:
         for rt in self.tasks.values():
             rt.batcher.start()
+            rt.large.start()
 
     async def warm_up(self) -> None:
         """Warm every task at batch 1 and at the max batch, on the inference thread."""
@@ -160,7 +207,8 @@ class ServiceState:
 
     async def stop(self) -> None:
         self.set_draining()
-        results = await asyncio.gather(*(rt.batcher.close(self.settings.drain_seconds) for rt in self.tasks.values()))
+        lanes = [lane for rt in self.tasks.values() for lane in (rt.batcher, rt.large)]
+        results = await asyncio.gather(*(lane.close(self.settings.drain_seconds) for lane in lanes))
         if not all(results):
             log_event("drain timed out; unfinished requests were failed", level=30)
         self.executor.shutdown(wait=False, cancel_futures=True)

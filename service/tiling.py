@@ -11,6 +11,7 @@ tile's activations plus the float32 output and weight accumulators.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -52,6 +53,74 @@ def effective_tile(tile_size: int, multiple: int) -> int:
     return max(multiple, tile_size // multiple * multiple)
 
 
+@dataclass(frozen=True)
+class TileGeometry:
+    tile: int
+    overlap: int
+    multiple: int
+    pad_mode: str
+    scale: int
+
+
+class TiledRestoration:
+    """One large image restored a tile per `step()`, so callers can interleave other work.
+
+    The blend weight of tile (i, j) is wy_i(y) * wx_j(x), so the total weight at a pixel is
+    (sum_i wy_i(y)) * (sum_j wx_j(x)): two 1-D sums instead of a full-size weight image.
+    """
+
+    def __init__(self, lq: torch.Tensor, ipr: torch.Tensor, restore: RestoreFn, geometry: TileGeometry) -> None:
+        _, _, h, w = lq.shape
+        self.lq, self.ipr, self.restore, self.g = lq, ipr, restore, geometry
+        s = geometry.scale
+        self.rows = tile_starts(h, geometry.tile, geometry.overlap)
+        self.cols = tile_starts(w, geometry.tile, geometry.overlap)
+        self.out = torch.zeros((1, 3, h * s, w * s))
+        self.row_sum, self.col_sum = torch.zeros(h * s), torch.zeros(w * s)
+        for i, top in enumerate(self.rows):
+            self.row_sum[top * s : (top + self._extent(i, True)) * s] += self._ramp(i, True)
+        for j, left in enumerate(self.cols):
+            self.col_sum[left * s : (left + self._extent(j, False)) * s] += self._ramp(j, False)
+        self.done = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def _extent(self, index: int, vertical: bool) -> int:
+        starts, size = (self.rows, self.lq.shape[-2]) if vertical else (self.cols, self.lq.shape[-1])
+        return min(self.g.tile, size - starts[index])
+
+    def _ramp(self, index: int, vertical: bool) -> torch.Tensor:
+        count = len(self.rows if vertical else self.cols)
+        length = self._extent(index, vertical) * self.g.scale
+        return ramp(length, self.g.overlap * self.g.scale, index > 0, index < count - 1)
+
+    def step(self) -> bool:
+        """Restore the next tile; returns True while tiles remain."""
+        i, j = divmod(self.done, len(self.cols))
+        top, left, s = self.rows[i], self.cols[j], self.g.scale
+        th, tw = self._extent(i, True), self._extent(j, False)
+        window = self.lq[..., top : top + th, left : left + tw]
+        piece, _ = pad_to_multiple(window, self.g.multiple, self.g.pad_mode)  # type: ignore[arg-type]
+        restored = self.restore(piece.contiguous(), self.ipr)[..., : th * s, : tw * s]
+        blend = self._ramp(i, True)[:, None] * self._ramp(j, False)[None, :]
+        self.out[..., top * s : (top + th) * s, left * s : (left + tw) * s] += restored * blend
+        self.done += 1
+        return self.done < self.total
+
+    def result(self) -> torch.Tensor:
+        """Normalise (in row blocks: no full-size temporary) and return (1, 3, H*s, W*s)."""
+        for r in range(0, self.out.shape[-2], 256):
+            self.out[..., r : r + 256, :] /= self.row_sum[r : r + 256, None] * self.col_sum[None, :]
+        return self.out
+
+
+def geometry(tile_size: int, overlap: int, multiple: int, pad_mode: str, scale: int) -> TileGeometry:
+    tile = effective_tile(tile_size, multiple)
+    return TileGeometry(tile, min(overlap, tile // 2 - 1) if tile > 2 else 0, multiple, pad_mode, scale)
+
+
 def restore_tiled(
     lq: torch.Tensor,
     ipr: torch.Tensor,
@@ -69,29 +138,10 @@ def restore_tiled(
     `should_stop` is checked before every tile, so an abandoned request frees the device within
     one tile's time instead of running to the end.
     """
-    _, _, h, w = lq.shape
-    tile = effective_tile(tile_size, multiple)
-    overlap = min(overlap, tile // 2 - 1) if tile > 2 else 0
-    rows, cols = tile_starts(h, tile, overlap), tile_starts(w, tile, overlap)
-    out = torch.zeros((1, 3, h * scale, w * scale))
-    # The blend weight of tile (i, j) is wy_i(y) * wx_j(x), so the total weight at a pixel is
-    # (sum_i wy_i(y)) * (sum_j wx_j(x)): two 1-D sums instead of a full-size weight image.
-    row_sum, col_sum = torch.zeros(h * scale), torch.zeros(w * scale)
-    for i, top in enumerate(rows):
-        th = min(tile, h - top)
-        wy = ramp(th * scale, overlap * scale, i > 0, i < len(rows) - 1)
-        row_sum[top * scale : (top + th) * scale] += wy
-        for j, left in enumerate(cols):
-            tw = min(tile, w - left)
-            wx = ramp(tw * scale, overlap * scale, j > 0, j < len(cols) - 1)
-            if i == 0:
-                col_sum[left * scale : (left + tw) * scale] += wx
-            if should_stop():
-                raise TilingCancelled(f"stopped after {i * len(cols) + j} of {len(rows) * len(cols)} tiles")
-            piece, _ = pad_to_multiple(lq[..., top : top + th, left : left + tw], multiple, pad_mode)  # type: ignore[arg-type]
-            restored = restore(piece.contiguous(), ipr)[..., : th * scale, : tw * scale]
-            ys, xs = slice(top * scale, (top + th) * scale), slice(left * scale, (left + tw) * scale)
-            out[..., ys, xs] += restored * (wy[:, None] * wx[None, :])
-    for r in range(0, h * scale, 256):  # normalise in row blocks (no full-size temporary)
-        out[..., r : r + 256, :] /= row_sum[r : r + 256, None] * col_sum[None, :]
-    return out
+    run = TiledRestoration(lq, ipr, restore, geometry(tile_size, overlap, multiple, pad_mode, scale))
+    more = True
+    while more:
+        if should_stop():
+            raise TilingCancelled(f"stopped after {run.done} of {run.total} tiles")
+        more = run.step()
+    return run.result()

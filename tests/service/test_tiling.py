@@ -137,3 +137,37 @@ async def test_abandoned_tiled_request_stops_early() -> None:
         assert r.status_code == 504
         await asyncio.sleep(0.5)
         assert backend.calls < 9  # stopped after the deadline, not at the end
+
+
+@pytest.mark.anyio
+async def test_small_requests_run_between_the_tiles_of_a_large_one() -> None:
+    import asyncio
+    import time
+
+    from PIL import Image
+
+    from service.settings import Settings
+    from tests.service.conftest import IdentityBackend
+
+    class SlowTiles(IdentityBackend):
+        def restore(self, lq: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+            time.sleep(0.1)
+            return super().restore(lq, ipr)
+
+    settings = Settings(
+        tasks={"deblur": {}}, warmup_size=0, tile_size=48, tile_overlap=8, tile_threshold_pixels=1000, max_wait_ms=0
+    )
+    async for live in start_app(settings, backends={"deblur": SlowTiles()}):
+        finished: dict[str, float] = {}
+
+        async def post(name: str, data: bytes, client=live.client, done=finished) -> int:
+            r = await client.post("/restore/deblur", content=data, headers={"content-type": "image/png"})
+            done[name] = time.perf_counter()
+            return r.status_code
+
+        big = asyncio.ensure_future(post("big", encode(Image.new("RGB", (120, 96), (9, 9, 9)))))  # 9 tiles
+        await asyncio.sleep(0.25)
+        assert await post("small", encode(Image.new("RGB", (30, 30), (1, 2, 3)))) == 200  # 900 px: not tiled
+        assert await big == 200
+        assert finished["small"] < finished["big"]
+        assert live.state.tasks["deblur"].depth == 0
