@@ -42,7 +42,15 @@ def main(argv: list[str]) -> int:
     except StartupError as exc:
         print(f"diffir-serve: {exc}", file=sys.stderr)
         return 2
+    import os
+
     import uvicorn
+
+    from service.settings import unknown_variables
+
+    for note in unknown_variables(dict(os.environ)):
+        if "did you mean" in note:  # other DIFFIR_* names belong to tests and tooling
+            print(f"diffir-serve: warning: ignoring unknown setting {note}", file=sys.stderr)
 
     from service.app import create_app
     from service.state import load_backends

@@ -152,6 +152,18 @@ class Settings(BaseSettings):
         return self
 
 
+def unknown_variables(environ: dict[str, str]) -> list[str]:
+    """`DIFFIR_*` variables that are no setting, each with a suggestion when one is close (typos)."""
+    import difflib
+
+    known = [f"DIFFIR_{name.upper()}" for name in Settings.model_fields]
+    notes = []
+    for variable in sorted(v for v in environ if v.upper().startswith("DIFFIR_") and v.upper() not in known):
+        close = difflib.get_close_matches(variable.upper(), known, n=1, cutoff=0.8)
+        notes.append(f"{variable} (did you mean {close[0]}?)" if close else variable)
+    return notes
+
+
 def describe_validation_error(exc: Exception) -> str:
     """One line naming the bad setting(s), for start-up failures (no traceback wall)."""
     errors = getattr(exc, "errors", None)

@@ -217,3 +217,10 @@ def test_default_batch_size_follows_the_device(checkpoints) -> None:
     backend.provider = "cuda:0 (NVIDIA H100)"
     assert batch_size_for(Settings(), backend) == 8
     assert batch_size_for(Settings(max_batch_size=3), backend) == 3
+
+
+def test_typos_in_setting_names_are_pointed_out() -> None:
+    from service.settings import unknown_variables
+
+    notes = unknown_variables({"DIFFIR_MAX_BATCHSIZE": "4", "DIFFIR_PORT": "1", "DIFFIR_TEST_MODELS": "/x"})
+    assert notes == ["DIFFIR_MAX_BATCHSIZE (did you mean DIFFIR_MAX_BATCH_SIZE?)", "DIFFIR_TEST_MODELS"]
