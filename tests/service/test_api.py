@@ -397,3 +397,10 @@ async def test_async_client(live: LiveApp) -> None:
         with pytest.raises(ClientError) as err:
             await client.restore("nope", encode(gradient()))
         assert (err.value.status, err.value.code) == (404, "unknown_task") and err.value.request_id
+
+
+async def test_degenerate_sizes_are_restored(live: LiveApp) -> None:
+    for task, scale in (("deblur", 1), ("sr-x4", 4)):
+        for w, h in ((1, 1), (1, 10000), (10000, 1), (3, 2)):
+            r = await live.client.post(f"/restore/{task}", content=encode(gradient(w, h)), headers=PNG)
+            assert r.status_code == 200 and decode(r.content).size == (w * scale, h * scale), (task, w, h)

@@ -127,7 +127,7 @@ async def test_jpeg_drops_alpha_and_defaults(identity_live: LiveApp) -> None:
 
 
 async def test_degenerate_sizes(identity_live: LiveApp) -> None:
-    for size in ((1, 1), (1, 300), (300, 1)):
+    for size in ((1, 1), (1, 10000), (10000, 1)):
         src = gradient(*size)
         out = decode(await restore(identity_live, encode(src)))
         assert out.size == size and np.array_equal(np.asarray(out), np.asarray(src))
