@@ -42,11 +42,12 @@ def macs_at_256(net: Any) -> float:
     return fc.get_total_flops() / 2
 
 
-def curve(stage_dir: Path, every: int) -> list[dict]:
+def curve(stage_dir: Path, every: int, last_step: int | None = None) -> list[dict]:
     path = stage_dir / "log.jsonl"
     if not path.is_file():
         return []
     rows = [json.loads(x) for x in path.read_text().splitlines()]
+    rows = [r for r in rows if last_step is None or r["step"] <= last_step]
     val = [r for r in rows if "val_psnr" in r]
     train = {r["step"]: r for r in rows if "loss" in r}
     out = []
@@ -113,13 +114,16 @@ def _fmt_curve(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def build(task: str, run: Path, model_eval: dict, baseline: dict | None, notes: str = "") -> str:
+def build(
+    task: str, run: Path, model_eval: dict, baseline: dict | None, notes: str = "", checkpoint: Path | None = None
+) -> str:
     spec = get_task(task)
+    ckpt = checkpoint or run / "s2" / "model_latest.safetensors"
     s1 = json.loads((run / "s1" / "model_latest.json").read_text())
-    s2 = json.loads((run / "s2" / "model_latest.json").read_text())
-    net = load_model(run / "s2" / "model_latest.safetensors")
+    s2 = json.loads(ckpt.with_suffix(".json").read_text())
+    net = load_model(ckpt)
     params = sum(p.numel() for p in net.parameters())
-    size_mb = (run / "s2" / "model_latest.safetensors").stat().st_size / 1e6
+    size_mb = ckpt.stat().st_size / 1e6
     macs = macs_at_256(net)
     p1, p2 = s1["provenance"], s2["provenance"]
     c1, c2 = p1["config"], p2["config"]
@@ -188,7 +192,7 @@ Stage 1 (validated with the GT-informed prior, an upper bound for stage 2):
 
 Stage 2 (the real prior from noise seed 0):
 
-{_fmt_curve(curve(run / "s2", val_every))}
+{_fmt_curve(curve(run / "s2", val_every, p2["step"]))}
 
 ## Evaluation (`python -m training evaluate --task {task}`)
 
@@ -206,13 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", required=True, help="results.json of the model")
     parser.add_argument("--baseline", default="", help="results.json with the baselines (if not in --eval)")
     parser.add_argument("--notes", default="", help="a markdown file appended to the card")
+    parser.add_argument("--checkpoint", default="", help="the stage-2 checkpoint shipped (default: the run's latest)")
     parser.add_argument("--out", default="")
     args = parser.parse_args(argv)
     run = Path(args.run or f"runs/defaults/{args.task}")
     model_eval = json.loads(Path(args.eval).read_text())
     baseline = json.loads(Path(args.baseline).read_text()) if args.baseline else None
     notes = Path(args.notes).read_text() if args.notes else ""
-    text = build(args.task, run, model_eval, baseline, notes)
+    text = build(args.task, run, model_eval, baseline, notes, Path(args.checkpoint) if args.checkpoint else None)
     out = Path(args.out) if args.out else Path("models/weights") / f"{args.task}.md"
     out.write_text(text)
     print(out)
