@@ -98,6 +98,32 @@ def bare_model(ckpt: Path, size: int, reps: int) -> dict:
     return {"min_s": min(times), "median_s": statistics.median(times), "reps": reps}
 
 
+def batch_cost(ckpt: Path, size: int, reps: int, batches: tuple[int, ...] = (1, 2, 4)) -> dict:
+    """Per-image model time at each batch size, alternating sizes every repetition so the shared
+    machine's load hits them alike (the basis of the CPU default DIFFIR_MAX_BATCH_SIZE=1)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from service.runtime.devices import configure_inference_thread
+    from service.runtime.torch_backend import TorchBackend
+
+    backend = TorchBackend(ckpt, None, torch.device("cpu"))
+
+    def per_image(n: int) -> float:
+        lq, noise = torch.rand(n, 3, size, size), torch.randn(n, 256)
+        t0 = time.perf_counter()
+        backend.run(lq, noise)
+        return (time.perf_counter() - t0) / n
+
+    times: dict[int, list[float]] = {n: [] for n in batches}
+    with ThreadPoolExecutor(1, initializer=configure_inference_thread) as pool:
+        for n in batches:
+            pool.submit(per_image, n).result()
+        for _ in range(reps):
+            for n in batches:
+                times[n].append(pool.submit(per_image, n).result())
+    return {str(n): {"min_s": min(v), "median_s": statistics.median(v)} for n, v in times.items()}
+
+
 def server_timing(header: str, phase: str) -> float:
     for part in header.split(","):
         name, _, dur = part.strip().partition(";dur=")
@@ -278,6 +304,12 @@ def markdown(report: dict) -> str:
             f"| {row['latency_min_s'] * 1000:.0f} | {row['latency_p50_s'] * 1000:.0f} "
             f"| {row['latency_p95_s'] * 1000:.0f} | {row['latency_p99_s'] * 1000:.0f} | {sizes} |"
         )
+    if report.get("batch_cost"):
+        cells = ", ".join(
+            f"batch {n}: min {v['min_s'] * 1000:.0f} / median {v['median_s'] * 1000:.0f} ms"
+            for n, v in report["batch_cost"].items()
+        )
+        lines += ["", f"Model time per image, batch sizes alternated in one process: {cells}."]
     o = report["overhead"]
     lines += [
         "",
@@ -304,12 +336,25 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rss-size", type=int, default=4096)
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--only-batch-cost", action="store_true", help="add the batch-cost table to <out>/service.json")
     args = parser.parse_args()
+    if args.only_batch_cost:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt, _ = checkpoint(Path(tmp))
+            cost = batch_cost(ckpt, args.size, 2 if args.quick else 5)
+        report = json.loads((args.out / "service.json").read_text())
+        report["batch_cost"] = cost
+        (args.out / "service.json").write_text(json.dumps(report, indent=2) + "\n")
+        (args.out / "service.md").write_text(markdown(report))
+        print(markdown(report))
+        return 0
     levels, per_level, reps = ([1, 4], 4, 3) if args.quick else ([1, 4, 16], 32, 10)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, weights = checkpoint(Path(tmp))
         bare = bare_model(ckpt, args.size, reps)
         print(json.dumps({"bare_model": bare}), flush=True)
+        cost = batch_cost(ckpt, args.size, 2 if args.quick else 5)
+        print(json.dumps({"batch_cost": cost}), flush=True)
         rows = []
         for max_batch in (4, 1):
             rows += throughput(ckpt, args.size, levels, per_level, max_batch)
@@ -334,6 +379,7 @@ def main() -> int:
         "weights": weights,
         "size": args.size,
         "bare_model": bare,
+        "batch_cost": cost,
         "throughput": rows,
         "overhead": overhead,
         "rss": rss,
