@@ -31,8 +31,11 @@ test: $(STAMP) system-deps
 	$(MAKE) lint
 	$(PY) -m pytest -q
 
+# Heavy measurements live here, never in timed tests; each writes JSON + markdown to bench/results/.
 bench: $(STAMP)
 	$(PY) -m bench.speed --out bench/results
+	$(PY) -m bench.service_bench --out bench/results
+	$(PY) -m bench.train_speed --out bench/results
 
 serve: $(STAMP)
 	$(PY) -m service --host $(HOST) --port $(PORT)

@@ -40,6 +40,11 @@ class ExportOptions:
     extra_meta: dict[str, Any] = field(default_factory=dict)
 
 
+def artifact_sidecar(path: Path) -> Path:
+    """`deblur.full.onnx` -> `deblur.full.onnx.json`: ONNX and TorchScript can share a folder."""
+    return path.with_name(path.name + ".json")
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
@@ -176,7 +181,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, name: str | None = None,
                 "torch_version": torch.__version__,
                 "parity": {"ok": ok, "worst_rel_max_err": worst, "tolerance": opts.tolerance, "checks": checks},
             }
-            path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            artifact_sidecar(path).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
             report["artifacts"][path.name] = {
                 "ok": ok,
                 "worst_rel_max_err": worst,

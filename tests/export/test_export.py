@@ -35,7 +35,7 @@ def test_all_graphs_and_formats_pass_parity(tmp_path):
     assert names == {f"tiny-inpaint-x1.{g}.{f}" for g in ("full", "prior", "restorer") for f in ("onnx", "ts")}
     for name, entry in report["artifacts"].items():
         assert entry["ok"] and entry["worst_rel_max_err"] <= 1e-4, name
-        meta = json.loads((tmp_path / "out" / name).with_suffix(".json").read_text())
+        meta = json.loads((tmp_path / "out" / f"{name}.json").read_text())
         assert meta["variant"] == "tiny-inpaint-x1" and meta["provenance"] == {"made_by": "test"}
         checks = meta["parity"]["checks"]
         assert {c["batch"] for c in checks} == {1, 3} and len({(c["height"], c["width"]) for c in checks}) == 2
