@@ -78,6 +78,36 @@ class RequestContext:
             )
 
 
+# The page loads only its own files (no inline scripts or styles); images are blob:/data: URLs it makes itself.
+WEB_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; connect-src 'self'; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'; object-src 'none'"
+)
+WEB_HEADERS = (
+    (b"cache-control", b"no-cache"),
+    (b"content-security-policy", WEB_CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+class WebPageHeaders:
+    """Wraps the static web page: revalidate on every load (`no-cache`) and a strict Content-Security-Policy."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {k for k, _ in WEB_HEADERS}
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                message["headers"] = headers + list(WEB_HEADERS)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     def rid(request: Request) -> str | None:
         return getattr(request.state, "request_id", None)
@@ -157,5 +187,5 @@ def create_app(
     if WEB_DIR.is_dir():
         # The web page is the router's fallback rather than a mount at "/", so API paths keep their
         # precise answers (405 for a wrong method) and only unmatched paths look for a static file.
-        app.router.default = StaticFiles(directory=WEB_DIR, html=True)
+        app.router.default = WebPageHeaders(StaticFiles(directory=WEB_DIR, html=True))
     return app

@@ -12,6 +12,17 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 PIXEL_BUCKETS = tuple(float(s * s) for s in (64, 128, 256, 512, 1024, 2048, 4096, 8192))
 UNKNOWN_TASK = "_unknown"
+BATCHER_REASONS = ("queue_full", "draining", "deadline", "expired", "disconnected")
+"""Reasons the batchers count; the handler adds the 4xx error codes of `service.errors`."""
+
+
+def rejection_reasons() -> tuple[str, ...]:
+    """Every `reason` label `diffir_rejected_total` can carry (so each series exists from start-up)."""
+    from service.errors import ERRORS
+
+    unlabelled = {"unknown_task", "not_found", "method_not_allowed"}  # no configured task to label them with
+    codes = [e.code for e in ERRORS.values() if 400 <= e.status < 500 and e.code not in unlabelled]
+    return tuple(dict.fromkeys([*BATCHER_REASONS, *codes]))
 
 
 class Metrics:
@@ -74,3 +85,9 @@ class Metrics:
         )
         self.ready = Gauge("diffir_ready", "1 when every task is loaded and warmed and not draining", registry=registry)
         self.ready.set(0)
+
+    def init_task(self, task: str) -> None:
+        """Create the task's counters at 0, so rates and alerts see the series before the first event."""
+        for reason in rejection_reasons():
+            self.rejected.labels(task, reason)
+        self.disconnected.labels(task)

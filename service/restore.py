@@ -128,6 +128,15 @@ async def restore(
         response = error_response(err, request_id)
         if err.status != 500 and rt is not None and err.code not in ("queue_full", "draining", "deadline_exceeded"):
             state.metrics.rejected.labels(label, err.code).inc()
+    except asyncio.CancelledError:
+        # uvicorn cancels what is still running when the drain time is over: answer 503 `draining`
+        # (the client may retry elsewhere) rather than letting the server turn it into a bare 500.
+        if not state.draining:
+            raise
+        retry = {"Retry-After": str(state.settings.retry_after_s)}
+        response = error_response(ServiceError("draining", "shut down before this request finished", retry), request_id)
+        if rt is not None:
+            state.metrics.rejected.labels(label, "draining").inc()
     except Exception:
         log_event("restore failed", logging.ERROR, exc_info=True, request_id=request_id, task=task)
         failure = ServiceError("internal_error", "restoring this request failed (its batch failed in the model)")

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from models.tasks import TASKS
 from service.imaging.formats import ALLOWED_FORMATS, OUTPUT_FORMATS
 from service.state import ServiceState, TaskRuntime
 
@@ -32,11 +33,21 @@ async def readyz(request: Request) -> JSONResponse:
     return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": "1"})
 
 
+def task_description(rt: TaskRuntime) -> str:
+    """The shipped task's description (`models.tasks`), or a line from the model for custom task names."""
+    spec = TASKS.get(rt.name)
+    if spec is not None:
+        return spec.description
+    info = rt.engine.info
+    return f"{info.kind} ({info.variant}" + (f", x{info.scale})" if info.scale > 1 else ")")
+
+
 def describe_task(rt: TaskRuntime, state: ServiceState) -> dict:
     info, backend, s = rt.engine.info, rt.engine.backend, state.settings
     scale2 = info.scale * info.scale
     return {
         "name": rt.name,
+        "description": task_description(rt),
         "variant": info.variant,
         "kind": info.kind,
         "scale": info.scale,

@@ -100,6 +100,7 @@ class ServiceState:
                 name, backend.info.variant, backend.name, backend.provider, backend.info.version
             ).set(1)
             metrics.queue_depth.labels(name).set(0)
+            metrics.init_task(name)
 
     def _batcher(self, engine: Engine, large: bool = False) -> Batcher[Job, torch.Tensor]:
         m, name, backend = self.metrics, engine.name, engine.backend.name
