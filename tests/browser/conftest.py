@@ -113,9 +113,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
             proc.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
-    """Debian's Chromium, headless, driven by Playwright (skips where either is missing)."""
+    """Debian's Chromium, headless, driven by Playwright (skips where either is missing).
+
+    Package scope: Playwright's sync API keeps an event loop running in the main thread while it
+    is open, which would break every later test that calls `asyncio.run`; it closes with this folder.
+    """
     sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package")
     if not CHROMIUM.exists():
         pytest.skip(f"no Chromium at {CHROMIUM} (make system-deps installs it)")

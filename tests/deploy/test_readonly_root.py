@@ -16,14 +16,28 @@ from tests.deploy.test_docker import _env, parse_dockerfile
 pytestmark = pytest.mark.timeout(120)
 
 # Inside: the model files appear read-only at /srv, /tmp is an empty tmpfs, everything else is read-only.
+# When the checkout itself lives under /tmp (CI may clone there), it is carried over read-only, so the
+# test's virtualenv stays reachable inside the fresh tmpfs.
 SANDBOX = r"""
 set -e
 mount --bind "$DIFFIR_TEST_MODELS" /srv
+if [ -n "$DIFFIR_TEST_KEEP" ]; then mount --bind "$DIFFIR_TEST_KEEP" /mnt; fi
 mount -t tmpfs -o size=256m,mode=1777 tmpfs /tmp
+if [ -n "$DIFFIR_TEST_KEEP" ]; then
+  mkdir -p "$DIFFIR_TEST_KEEP"
+  mount --bind /mnt "$DIFFIR_TEST_KEEP"
+  mount -o remount,ro,bind "$DIFFIR_TEST_KEEP"
+fi
 mount -o remount,ro,bind /
 mount -o remount,ro,bind /srv
 exec "$@"
 """
+
+
+def keep_env() -> dict[str, str]:
+    """The checkout to carry into the sandbox when /tmp would hide it."""
+    under_tmp = REPO.resolve().is_relative_to("/tmp")
+    return {"DIFFIR_TEST_KEEP": str(REPO.resolve()) if under_tmp else ""}
 
 
 def sandbox(models: str) -> tuple[str, ...]:
@@ -49,7 +63,7 @@ def test_sandbox_is_really_read_only(tmp_path):
         "try:\n    pathlib.Path(os.environ['TARGET']).write_text('x')\nexcept OSError as e:\n    print(e.errno)\n"
         "else:\n    print('writable')\n"
     )
-    env = {"PATH": "/usr/bin:/bin", "DIFFIR_TEST_MODELS": str(tmp_path), "TARGET": str(REPO / "ro-probe")}
+    env = {"PATH": "/usr/bin:/bin", "DIFFIR_TEST_MODELS": str(tmp_path), "TARGET": str(REPO / "ro-probe"), **keep_env()}
     out = subprocess.run([*prefix, sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "30", out.stdout  # EROFS
@@ -60,7 +74,7 @@ def test_service_runs_on_a_read_only_root_with_the_image_environment(tmp_path):
     models = tmp_path / "models"
     checkpoints = tiny_checkpoints(models)
     inside = {task: "/srv/" + path.name for task, path in checkpoints.items()}
-    env = {**image_env(), "DIFFIR_TEST_MODELS": str(models)}
+    env = {**image_env(), "DIFFIR_TEST_MODELS": str(models), **keep_env()}
     assert env["HOME"] == "/tmp" and env["DIFFIR_DEVICE"] == "cpu"
     with running_service(tmp_path, inside, prefix=sandbox(str(models)), extra_env=env, DIFFIR_HOST="127.0.0.1") as (
         service,
