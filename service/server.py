@@ -52,9 +52,13 @@ def main(argv: list[str]) -> int:
         if "did you mean" in note:  # other DIFFIR_* names belong to tests and tooling
             print(f"diffir-serve: warning: ignoring unknown setting {note}", file=sys.stderr)
 
+    import warnings
+
     from service.app import create_app
     from service.state import load_backends
 
+    # torch's weights-only unpickler warns (several lines) before refusing a pickled checkpoint: keep the one line
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\._weights_only_unpickler")
     try:
         backends = load_backends(settings)
     except StartupError as exc:
