@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
@@ -183,7 +183,9 @@ def create_app(
     app.include_router(restore_router)
     app.include_router(routes.router)
     if not settings.metrics_port:
-        app.add_api_route("/metrics", routes.metrics, methods=["GET"], summary="Prometheus metrics")
+        app.add_api_route(
+            "/metrics", routes.metrics, methods=["GET"], summary="Prometheus metrics", response_class=PlainTextResponse
+        )
     if WEB_DIR.is_dir():
         # The web page is the router's fallback rather than a mount at "/", so API paths keep their
         # precise answers (405 for a wrong method) and only unmatched paths look for a static file.
