@@ -186,3 +186,55 @@ def test_sigterm_past_the_drain_answers_503_not_500(checkpoints) -> None:
             "exit_s": round(exited, 2),
         },
     )
+
+
+def test_sigterm_within_the_drain_loses_nothing(checkpoints) -> None:
+    drain_s = 20.0
+    env = env_for({"deblur": checkpoints["deblur"]}, DIFFIR_MAX_BATCH_SIZE="1", DIFFIR_DRAIN_SECONDS=str(drain_s))
+    srv = Server(env)
+    try:
+        srv.wait_ready()
+        data = encode(gradient(192, 160))
+        n = 8
+        results: list = [None] * n
+        threads = [
+            threading.Thread(target=lambda i=i: results.__setitem__(i, _post(f"{srv.url}/restore/deblur", data)))
+            for i in range(n)
+        ]
+        for t in threads:
+            t.start()
+        deadline, depth = time.monotonic() + 60, 0.0
+        while time.monotonic() < deadline and depth < 4:
+            text = httpx.get(f"{srv.url}/metrics").text
+            depth = next((float(x.split()[-1]) for x in text.splitlines() if x.startswith("diffir_queue_depth")), 0)
+            time.sleep(0.02)
+        sent = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        code = srv.proc.wait(30)
+        exited = time.monotonic() - sent
+    finally:
+        srv.stop()
+    statuses = [r[0] for r in results]
+    assert code in (0, -signal.SIGTERM)
+    # every request the server had accepted got its image; any that arrived after the signal was refused
+    # honestly (503 `draining`, or a refused connection)
+    assert set(statuses) <= {200, 503, "ConnectError"}, statuses
+    assert statuses.count(200) >= depth + 1, (statuses, depth)
+    for status, _, body, _ in results:
+        if status == 200:
+            assert body.startswith(b"\x89PNG")
+    assert exited < drain_s + 5
+    record(
+        "sigterm_within_drain",
+        {
+            "drain_s": drain_s,
+            "in_flight": n,
+            "queued_at_sigterm": depth,
+            "ok_200": statuses.count(200),
+            "refused": n - statuses.count(200),
+            "lost": sum(s not in (200, 503, "ConnectError") for s in statuses),
+            "exit_s": round(exited, 2),
+        },
+    )
