@@ -75,6 +75,58 @@ def make_runners(net: DiffIRS2, workdir: Path, threads: int):
     }
 
 
+def bench_shipped(workdir: Path, threads: int, reps: int, out_side: int = 512) -> list[dict]:
+    """Per-image time of each shipped default model for a `out_side`² output, every backend."""
+    import onnxruntime as ort
+
+    from models import load_model
+    from models.tasks import TASKS
+    from training.export import ExportOptions, export
+
+    rows = []
+    for task in TASKS.values():
+        ckpt = task.default_checkpoint_path()
+        if ckpt is None or not ckpt.is_file():
+            continue
+        net = load_model(ckpt)
+        export(ckpt, workdir, task.name, ExportOptions(graphs=("full",), check_batches=(1,)))
+        ts = torch.jit.load(str(workdir / f"{task.name}.full.ts"))
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        sess = ort.InferenceSession(str(workdir / f"{task.name}.full.onnx"), opts, providers=["CPUExecutionProvider"])
+        side = out_side // task.scale
+        lq = torch.rand(1, net.config.image_channels, side, side, generator=torch.Generator().manual_seed(1))
+        z = torch.randn(1, 256, generator=torch.Generator().manual_seed(2))
+        macs = count_macs(lambda net=net, lq=lq, z=z: net(lq, noise=z))
+        runners = {
+            "eager": lambda net=net, lq=lq, z=z: net(lq, noise=z),
+            "torchscript": lambda ts=ts, lq=lq, z=z: ts(lq, z),
+            "onnxruntime": lambda sess=sess, lq=lq, z=z: sess.run(None, {"lq": lq.numpy(), "noise": z.numpy()}),
+        }
+        times: dict[str, list[float]] = {name: [] for name in runners}
+        for run in runners.values():
+            run()  # warm-up
+        for _ in range(reps):
+            for name, run in runners.items():
+                times[name].append(_timed(run))
+        for name, ts_ in times.items():
+            rows.append(
+                {
+                    "task": task.name,
+                    "preset": net.config.name,
+                    "backend": name,
+                    "output": f"{out_side}²",
+                    "min_s": min(ts_),
+                    "median_s": statistics.median(ts_),
+                    "gmacs": macs / 1e9,
+                }
+            )
+            print(
+                f"shipped {task.name:8s} {name:12s} min {min(ts_):.3f}s med {statistics.median(ts_):.3f}s", flush=True
+            )
+    return rows
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -84,6 +136,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--reps-large", type=int, default=3, help="repetitions for 256^2 and above")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip-shipped", action="store_true", help="skip the shipped-model 512² timings")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     net = build_model(args.variant)
@@ -127,6 +180,10 @@ def main(argv=None) -> int:
                         f"x{row['speedup_vs_baseline_median']:.2f} err {errors[name]:.1e}",
                         flush=True,
                     )
+    shipped = []
+    if not args.skip_shipped:
+        with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
+            shipped = bench_shipped(Path(tmp), args.threads, args.reps)
     meta = {
         "model": args.variant,
         "threads": args.threads,
@@ -139,7 +196,9 @@ def main(argv=None) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    (args.out / "speed.json").write_text(
+        json.dumps({"meta": meta, "results": results, "shipped": shipped}, indent=2) + "\n"
+    )
     lines = [
         f"# Model speed: `{args.variant}` preset, {args.threads} threads, {meta['allocator']} allocator",
         "",
@@ -158,6 +217,19 @@ def main(argv=None) -> int:
             f"{r['speedup_vs_baseline_median']:.2f}× | {r['gmacs_per_image']:.2f} | {r['gflops_achieved_min']:.0f} | "
             f"{r['fraction_of_matmul_ceiling']:.0%} | {r['rel_err_vs_baseline']:.1e} |"
         )
+    if shipped:
+        lines += [
+            "",
+            f"## Shipped default models, 512² output ({args.reps} reps, batch 1)",
+            "",
+            "| task | preset | backend | min s | median s | GMAC |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['task']} | {r['preset']} | {r['backend']} | {r['min_s']:.3f} | {r['median_s']:.3f} "
+            f"| {r['gmacs']:.1f} |"
+            for r in shipped
+        ]
     (args.out / "speed.md").write_text("\n".join(lines) + "\n")
     return 0
 

@@ -146,12 +146,15 @@ def test_custom_task_names_take_any_model(checkpoints) -> None:
     assert backends["my-deblur"].info.variant == "tiny-deblur"
 
 
-def test_shipped_defaults_or_a_clear_error() -> None:
-    paths = [TASKS[name].default_checkpoint_path() for name in TASKS]
-    if all(p is not None and p.is_file() for p in paths):
-        pytest.skip("the shipped weights exist: covered by the end-to-end test")
+def test_missing_shipped_defaults_are_a_clear_error(tmp_path, monkeypatch) -> None:
+    """A checkout without the default weights says which file is missing (the shipped ones are
+    covered end to end by the shipped-defaults test)."""
+    import models.tasks
+
+    monkeypatch.setattr(models.tasks, "WEIGHTS_DIR", tmp_path / "weights")
+    assert all(not TASKS[name].default_checkpoint_path().is_file() for name in TASKS)
     message = startup_error({})
-    assert "models/weights" in message or "not found" in message
+    assert str(tmp_path / "weights" / "deblur.safetensors") in message and "is missing" in message, message
 
 
 @pytest.mark.parametrize(
