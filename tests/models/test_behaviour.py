@@ -114,3 +114,27 @@ def test_shipped_presets_fit_the_size_budget(task):
 
     size = sum(t.numel() * 4 for t in canonical_state_dict(net).values())
     assert size <= 20e6, f"{task}: {size / 1e6:.1f} MB"
+
+
+@pytest.mark.parametrize("kind", ["with_bias", "bias_free"])
+def test_channel_layer_norm_matches_the_reference_formula(kind):
+    """WithBias: (x - mu) / sqrt(var + 1e-5) * w + b; BiasFree: x / sqrt(var + 1e-5) * w (not centred)."""
+    from models.layers import ChannelLayerNorm
+
+    torch.manual_seed(0)
+    norm = ChannelLayerNorm(6, kind)  # type: ignore[arg-type]
+    with torch.no_grad():
+        norm.body.weight.uniform_(0.5, 1.5)
+        if norm.body.bias is not None:
+            norm.body.bias.uniform_(-1, 1)
+    x = torch.randn(2, 3, 4, 6) * 3 + 1
+    mu, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+    if kind == "with_bias":
+        expected = (x - mu) / torch.sqrt(var + 1e-5) * norm.body.weight + norm.body.bias
+    else:
+        expected = x / torch.sqrt(var + 1e-5) * norm.body.weight
+    assert torch.allclose(norm(x), expected, atol=1e-5)
+    scale, shift = torch.rand(2, 6), torch.rand(2, 6)
+    gain, offset = norm.modulation(scale, shift)
+    fused = norm.normalize(x) * gain[:, None, None] + offset[:, None, None]
+    assert torch.allclose(fused, expected * scale[:, None, None] + shift[:, None, None], atol=1e-5)
