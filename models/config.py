@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 Kind = Literal["deblur", "inpaint", "sr"]
 LayerNormType = Literal["with_bias", "bias_free"]
+HoleFill = Literal["zero", "smooth"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class ModelConfig:
     cpen: CPENConfig
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     scale: int = 1
+    hole_fill: HoleFill = "zero"
+    """Inpainting only: what the DIRformer sees inside the hole. "zero" is the official LaMa input;
+    "smooth" (our small presets) pre-fills the hole with `inpainting.smooth_fill` and adds that
+    fill back as a global residual, so the network learns a correction of a smooth guess."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("deblur", "inpaint", "sr"):
@@ -67,6 +72,10 @@ class ModelConfig:
             raise ValueError(f"SR scale must be 1, 2 or 4, got {self.scale}")
         if self.kind != "sr" and self.scale != 1:
             raise ValueError(f"{self.kind} models have scale 1, got {self.scale}")
+        if self.hole_fill not in ("zero", "smooth"):
+            raise ValueError(f"unknown hole_fill {self.hole_fill!r}")
+        if self.hole_fill != "zero" and self.kind != "inpaint":
+            raise ValueError("hole_fill applies to inpainting models only")
         if self.kind == "inpaint" and self.dirformer.num_refinement_blocks:
             raise ValueError("the inpainting DIRformer has no refinement stage")
         for width, heads in zip(self.level_widths, self.dirformer.heads):

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import ModelConfig
+from models.inpainting import smooth_fill
 from models.layers import Downsample, TransformerBlock, Upsample, conv_nhwc, nchw_to_nhwc, nhwc_to_nchw
 
 
@@ -81,6 +82,9 @@ class DIRformer(nn.Module):
 
     def forward(self, lq: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
         cfg = self.config
+        if cfg.hole_fill == "smooth":
+            mask = lq[:, 3:4]
+            lq = torch.cat([smooth_fill(lq[:, :3], mask), mask], dim=1)
         x = F.pixel_unshuffle(lq, cfg.lq_unshuffle) if cfg.lq_unshuffle > 1 else lq
         x = nchw_to_nhwc(x.contiguous(memory_format=torch.channels_last))
         e1 = self.encoder_level1(conv_nhwc(x, self.patch_embed.proj), ipr)
@@ -93,7 +97,8 @@ class DIRformer(nn.Module):
         d2 = self.decoder_level2(d2, ipr)
         d1 = self.decoder_level1(torch.cat([self.up2_1(d2), e1], dim=-1), ipr)
         if cfg.kind == "inpaint":
-            return nhwc_to_nchw(conv_nhwc(d1, self.output)).contiguous()
+            out = nhwc_to_nchw(conv_nhwc(d1, self.output))
+            return (out + lq[:, :3] if cfg.hole_fill == "smooth" else out).contiguous()
         feat = self.refinement(d1, ipr)
         if cfg.kind == "deblur":
             return (nhwc_to_nchw(conv_nhwc(feat, self.output)) + lq).contiguous()

@@ -61,6 +61,13 @@ _SMALL = (
         dirformer=DIRformerConfig(dim=16, num_blocks=(1, 2, 2, 3), num_refinement_blocks=0, ffn_expansion_factor=2.0),
         cpen=CPENConfig(n_resblocks=2),
     ),
+    ModelConfig(
+        name="inpaint-fill-small",
+        kind="inpaint",
+        dirformer=DIRformerConfig(dim=16, num_blocks=(1, 2, 2, 2), num_refinement_blocks=0, ffn_expansion_factor=2.0),
+        cpen=CPENConfig(n_resblocks=2),
+        hole_fill="smooth",
+    ),
 )
 
 OFFICIAL_VARIANTS: tuple[str, ...] = tuple(c.name for c in _OFFICIAL)

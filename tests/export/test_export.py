@@ -16,13 +16,14 @@ from training.export import ExportOptions, export, main
 FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "fixtures"
 
 
-def _tiny_checkpoint(tmp_path: Path, kind: str, scale: int = 1) -> Path:
+def _tiny_checkpoint(tmp_path: Path, kind: str, scale: int = 1, hole_fill: str = "zero") -> Path:
     cfg = ModelConfig(
-        name=f"tiny-{kind}-x{scale}",
+        name=f"tiny-{kind}-x{scale}" + ("-fill" if hole_fill != "zero" else ""),
         kind=kind,  # type: ignore[arg-type]
         scale=scale,
         dirformer=DIRformerConfig(dim=8, num_blocks=(1, 1, 1, 2), num_refinement_blocks=0 if kind == "inpaint" else 1),
         cpen=CPENConfig(n_resblocks=1),
+        hole_fill=hole_fill,  # type: ignore[arg-type]
     )
     torch.manual_seed(0)
     return save_checkpoint(DiffIRS2(cfg), tmp_path / cfg.name, provenance={"made_by": "test"})
@@ -45,6 +46,16 @@ def test_all_graphs_and_formats_pass_parity(tmp_path):
     assert dims[0] and dims[2] and dims[3], "batch, height and width must be dynamic"
     assert [i.name for i in model.graph.input] == ["lq", "noise"]
     assert not any(n.op_type.startswith("Random") for n in model.graph.node), "noise must be an input"
+
+
+def test_smooth_fill_inpainting_exports_with_dynamic_sizes(tmp_path):
+    """The pre-fill pyramid (pooling, upsampling, crops to the finer level) must not freeze the
+    traced sizes: parity is checked by the exporter at two sizes and batch 1 and 3."""
+    ckpt = _tiny_checkpoint(tmp_path, "inpaint", hole_fill="smooth")
+    report = export(ckpt, tmp_path / "out", options=ExportOptions(graphs=("full",)))
+    assert set(report["artifacts"]) == {"tiny-inpaint-x1-fill.full.onnx", "tiny-inpaint-x1-fill.full.ts"}
+    for name, entry in report["artifacts"].items():
+        assert entry["ok"] and entry["worst_rel_max_err"] <= 1e-4, name
 
 
 def test_official_checkpoint_export_reproduces_official_output(tmp_path):

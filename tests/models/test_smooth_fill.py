@@ -1,0 +1,90 @@
+"""The smooth hole pre-fill of the `inpaint-fill-small` preset and its place in the DIRformer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from models import DiffIRS2, ModelConfig
+from models.config import CPENConfig, DIRformerConfig
+from models.inpainting import smooth_fill
+from models.variants import get_preset
+
+
+def _hole(h: int, w: int, box: tuple[int, int, int, int]) -> torch.Tensor:
+    m = torch.zeros(1, 1, h, w)
+    y0, y1, x0, x1 = box
+    m[..., y0:y1, x0:x1] = 1
+    return m
+
+
+def test_known_pixels_are_returned_bit_exactly():
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(2, 3, 37, 53, generator=g)
+    mask = (torch.rand(2, 1, 37, 53, generator=g) > 0.6).float()
+    out = smooth_fill(img * (1 - mask), mask)
+    assert out.shape == img.shape
+    assert torch.equal(out * (1 - mask), img * (1 - mask))
+
+
+def test_constant_image_is_filled_with_its_constant():
+    img = torch.full((1, 3, 64, 48), 0.3)
+    img[:, 1] = 0.7
+    mask = _hole(64, 48, (10, 50, 5, 40))
+    out = smooth_fill(img * (1 - mask), mask)
+    assert torch.allclose(out, img, atol=1e-5)
+
+
+def test_thin_stroke_over_a_ramp_is_interpolated_closely():
+    """A harmonic function (a linear ramp) is what a Laplace fill reproduces; a zero fill misses by ~0.5."""
+    ramp = torch.linspace(0, 1, 96).expand(1, 3, 96, 96).clone()
+    mask = _hole(96, 96, (0, 96, 40, 46))  # a 6 px vertical stroke across the ramp
+    out = smooth_fill(ramp * (1 - mask), mask)
+    assert (out - ramp).abs().max() < 0.01
+
+
+def test_large_hole_stays_within_the_border_colours():
+    img = torch.zeros(1, 3, 128, 128)
+    img[..., :, 64:] = 1.0  # left half black, right half white
+    mask = _hole(128, 128, (20, 108, 20, 108))
+    out = smooth_fill(img * (1 - mask), mask)
+    inside = out[..., 20:108, 20:108]
+    assert inside.min() >= -1e-6 and inside.max() <= 1 + 1e-6
+    # the fill follows the border: darker on the left of the hole than on its right
+    assert inside[..., :, :10].mean() < 0.3 < 0.7 < inside[..., :, -10:].mean()
+
+
+def test_all_hole_image_gives_zeros_not_nan():
+    out = smooth_fill(torch.zeros(1, 3, 16, 16), torch.ones(1, 1, 16, 16))
+    assert torch.isfinite(out).all() and out.abs().max() == 0
+
+
+def test_fill_is_added_back_as_the_global_residual():
+    """With the output convolution zeroed the network returns exactly the smooth fill."""
+    net = DiffIRS2(get_preset("inpaint-fill-small")).eval()
+    with torch.no_grad():
+        net.G.output.weight.zero_()
+    g = torch.Generator().manual_seed(1)
+    img = torch.rand(1, 3, 64, 64, generator=g)
+    mask = _hole(64, 64, (8, 30, 12, 60))
+    x = torch.cat([img * (1 - mask), mask], 1)
+    with torch.no_grad():
+        out = net(x, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, smooth_fill(img * (1 - mask), mask), atol=1e-6)
+
+
+def test_official_inpainting_input_is_unchanged_by_default():
+    cfg = get_preset("inpaint")
+    assert cfg.hole_fill == "zero"
+    assert ModelConfig.from_dict({k: v for k, v in cfg.to_dict().items() if k != "hole_fill"}) == cfg
+
+
+def test_hole_fill_is_refused_for_other_tasks():
+    with pytest.raises(ValueError, match="inpainting models only"):
+        ModelConfig(
+            name="x",
+            kind="deblur",
+            dirformer=DIRformerConfig(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1),
+            cpen=CPENConfig(n_resblocks=1),
+            hole_fill="smooth",
+        )
