@@ -49,7 +49,9 @@ TASKS: MappingProxyType[str, TaskSpec] = MappingProxyType(
         for t in (
             TaskSpec("deblur", "deblur-small", "motion-blur", "deblur.safetensors", "blind motion deblurring"),
             TaskSpec("sr-x4", "sr-x4-small", "bicubic", "sr-x4.safetensors", "4x super-resolution (bicubic LR)"),
-            TaskSpec("inpaint", "inpaint-small", "lama-masks", "inpaint.safetensors", "inpainting, mask white = hole"),
+            TaskSpec(
+                "inpaint", "inpaint-fill-small", "lama-masks", "inpaint.safetensors", "inpainting, mask white = hole"
+            ),
         )
     }
 )

@@ -171,7 +171,7 @@ Never trained on `val/` or `tasks/` images.
 
 Stage 2: the first {c2["encoder_frac"]:.0%} of its steps train only CPEN_S2 + the denoiser on L_diff
 (as the official deblur/RealSR recipes, which are 25% warm-up), then everything jointly.
-Wall time is on the shared 2-core CPU (3 trainings at once, one thread each, other users' jobs).
+Wall time is on the shared 2-core CPU (the defaults train side by side, one thread each).
 
 Reproduce (all three defaults; re-running resumes): `make train-defaults`, i.e.
 

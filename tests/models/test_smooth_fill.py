@@ -49,7 +49,8 @@ def test_large_hole_stays_within_the_border_colours():
     mask = _hole(128, 128, (20, 108, 20, 108))
     out = smooth_fill(img * (1 - mask), mask)
     inside = out[..., 20:108, 20:108]
-    assert inside.min() >= -1e-6 and inside.max() <= 1 + 1e-6
+    # the biharmonic stage may overshoot a little (no maximum principle), never wildly
+    assert inside.min() >= -0.05 and inside.max() <= 1.05
     # the fill follows the border: darker on the left of the hole than on its right
     assert inside[..., :, :10].mean() < 0.3 < 0.7 < inside[..., :, -10:].mean()
 
