@@ -12,7 +12,7 @@ import torch
 from models import load_model
 from models.tasks import get_task
 from training.degradations import SHARED_DATA, bicubic_down, bicubic_up, load_levin_kernels, mod_crop
-from training.evaluate import Case, blurred_kodak, face_masks, restore
+from training.evaluate import Case, blurred_kodak, face_masks, restore, telea
 from training.imageio import list_images, read_image
 from training.metrics import psnr
 
@@ -40,17 +40,20 @@ def test_deblur_beats_the_blurred_input_on_kodim01():
     assert psnr(out, gt) > psnr(lq, gt) + 0.05
 
 
-def test_inpaint_beats_a_mean_colour_fill_on_the_first_face():
-    # The shipped inpainting model does NOT beat OpenCV Telea / biharmonic yet (issue-4 bar, see
-    # models/weights/inpaint.md); this checks the weaker claim that it fills holes with real content.
-    gt = read_image(list_images([SHARED_DATA / "tasks" / "inpaint" / "faces" / "celebahq256"])[0])
-    m = torch.from_numpy(face_masks(SHARED_DATA)[0])[None]
-    case = Case("celebahq256", "first", gt * (1 - m), gt, m)
-    out = restore(_net("inpaint"), case, seed=0)
-    known_mean = (gt * (1 - m)).sum(dim=(1, 2), keepdim=True) / (1 - m).sum()
-    mean_fill = gt * (1 - m) + known_mean * m
-    assert psnr(out, gt) > psnr(mean_fill, gt) + 0.5
-    assert torch.equal(out * (1 - m), gt * (1 - m))  # known pixels are kept exactly
+def test_inpaint_beats_opencv_telea_on_the_first_faces():
+    """The first three faces of the protocol (one image alone is within 0.1 dB of Telea). The model
+    does NOT beat scikit-image biharmonic yet (issue-4 bar, models/weights/inpaint.md)."""
+    net = _net("inpaint")
+    faces = list_images([SHARED_DATA / "tasks" / "inpaint" / "faces" / "celebahq256"])[:3]
+    ours, classic = [], []
+    for path, hole in zip(faces, face_masks(SHARED_DATA)):
+        gt = read_image(path)
+        m = torch.from_numpy(hole)[None]
+        out = restore(net, Case("celebahq256", path.stem, gt * (1 - m), gt, m), seed=0)
+        assert torch.equal(out * (1 - m), gt * (1 - m))  # known pixels are kept exactly
+        ours.append(psnr(out, gt))
+        classic.append(psnr(telea(gt * (1 - m), m), gt))
+    assert sum(ours) / 3 > sum(classic) / 3 + 0.5
 
 
 @pytest.mark.parametrize("task", ["deblur", "sr-x4", "inpaint"])
