@@ -49,7 +49,9 @@ def _bilaplacian(u: torch.Tensor) -> torch.Tensor:
     return _laplacian(_laplacian(u))
 
 
-def _relax(u: torch.Tensor, hole: torch.Tensor, op: Callable[[torch.Tensor], torch.Tensor], iterations: int):
+def _relax(
+    u: torch.Tensor, hole: torch.Tensor, op: Callable[[torch.Tensor], torch.Tensor], iterations: int
+) -> torch.Tensor:
     """Move `u` towards the solution of op(u) = 0 inside `hole` (pixels outside are fixed).
 
     Conjugate gradients on hole * op(hole * x) = -hole * op(known part), which is symmetric positive
@@ -79,8 +81,8 @@ def smooth_fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask-weighted average pyramid (push-pull) whose every level is relaxed towards the harmonic
     (Laplace) interpolant by a few conjugate-gradient iterations, a cheap multigrid solve, then
     relaxed towards the biharmonic interpolant (what scikit-image's inpaint_biharmonic solves) at
-    full resolution. Only
-    fixed-size tensor ops, so it traces and exports with dynamic H, W like the rest of the network.
+    full resolution. Only fixed-size tensor ops, so it traces and exports with dynamic H, W like
+    the rest of the network.
     """
     known = 1 - mask
     values, weights = [image * known], [known]
