@@ -1,4 +1,4 @@
-"""`python -m training stage1|stage2|evaluate|export ...` (see `--help` of each)."""
+"""`python -m training stage1|stage2|evaluate|probe|export ...` (see `--help` of each)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _train(stage: int, argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("stage1", "stage2", "evaluate", "export")
+    commands = ("stage1", "stage2", "evaluate", "probe", "export")
     if not argv or argv[0] not in commands:
         print(f"usage: python -m training {{{'|'.join(commands)}}} [options]   (each takes --help)", file=sys.stderr)
         return 2
@@ -35,6 +35,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from training.evaluate import main as evaluate_main
 
         return evaluate_main(rest)
+    if cmd == "probe":
+        from training.probe import main as probe_main
+
+        return probe_main(rest)
     from training.export import main as export_main  # written by the lead (training/export.py)
 
     return int(export_main(rest) or 0)

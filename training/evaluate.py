@@ -31,6 +31,7 @@ import torch
 
 from models import load_model
 from models.diffir import DiffIRS2
+from models.inpainting import smooth_fill
 from models.tasks import get_task
 from training.degradations import (
     SHARED_DATA,
@@ -152,7 +153,13 @@ def baselines(kind: str, scale: int) -> dict[str, Callable[[Case], torch.Tensor]
         return {"bicubic": lambda c: bicubic_up(c.lq, scale)}
     if kind == "deblur":
         return {"blurred input": lambda c: c.lq}
-    return {"telea": lambda c: telea(c.lq, c.mask), "biharmonic": lambda c: biharmonic(c.lq, c.mask)}
+    return {
+        "telea": lambda c: telea(c.lq, c.mask),
+        "biharmonic": lambda c: biharmonic(c.lq, c.mask),
+        # Not a bar: what the `smooth` hole pre-fill of our inpainting presets gives alone, so the
+        # table shows what the network adds on top of it.
+        "pre-fill alone": lambda c: smooth_fill(c.lq[None], c.mask[None])[0].clamp(0, 1),
+    }
 
 
 # --- running -------------------------------------------------------------------------------------

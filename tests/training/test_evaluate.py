@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from training.evaluate import face_masks
+from training.evaluate import Case, baselines, face_masks
 from training.evaluate import main as evaluate_main
 from training.metrics import psnr, ssim
 from training.run import run_stage
@@ -72,3 +72,17 @@ def test_export_of_a_freshly_trained_checkpoint_passes_parity(tiny_s2, tmp_path)
 
     report = export(tiny_s2, tmp_path, options=ExportOptions(graphs=("full",), formats=("onnx",)))
     assert report["artifacts"] and all(a["ok"] for a in report["artifacts"].values())
+
+
+def test_inpainting_baselines_include_the_pre_fill_alone():
+    """The pre-fill column shows what the network adds; it must keep known pixels and fill a smooth
+    image far better than the zero-filled input."""
+    gt = torch.linspace(0.2, 0.8, 64).expand(3, 48, 64).clone()
+    m = torch.zeros(1, 48, 64)
+    m[:, 10:30, 20:44] = 1
+    case = Case("synthetic", "ramp", gt * (1 - m), gt, m)
+    methods = baselines("inpaint", 1)
+    assert set(methods) == {"telea", "biharmonic", "pre-fill alone"}
+    fill = methods["pre-fill alone"](case)
+    assert torch.equal(fill * (1 - m), gt * (1 - m))
+    assert psnr(fill, gt) > psnr(case.lq, gt) + 20
