@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from models import load_model, load_stage1_model
+from models.inpainting import composite
 from training.degradations import SHARED_DATA, load_levin_kernels, network_input
 from training.evaluate import blurred_kodak, inpaint_cases, telea
 from training.imageio import list_images, read_image
@@ -57,7 +58,7 @@ def score(path: Path, stage: str, items: list[Item]) -> float:
             out = net(x[None], generator=torch.Generator().manual_seed(0))[0]
         out = out.clamp(0, 1)
         if mask is not None:
-            out = mask * out + (1 - mask) * gt
+            out = composite(gt, mask, out)
         total += psnr(out, gt)
     return total / len(items)
 
