@@ -52,7 +52,7 @@ def make_settings(checkpoints: dict[str, Path], **overrides: object) -> Settings
     base: dict[str, object] = {
         "tasks": tasks,
         "warmup_size": 16,
-        "max_wait_ms": 2,
+        "max_wait_ms": 50,  # generous: a full batch closes at once, and a busy CI CPU must not split one
         "max_batch_size": 4,  # batching on, even on the CPU, so tests exercise it
         "log_json": True,
     }
