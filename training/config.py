@@ -90,6 +90,9 @@ class TrainConfig:
     # losses
     weight_known: float = 1.0
     weight_missing: float = 1.0
+    hole_loss: str = "l1"
+    """Inpainting: "l1" or "l2" inside the hole. L2's minimiser is the conditional mean, the PSNR-optimal
+    guess where a hole is ambiguous; L1's is the median, sharper but further from it on average."""
     diff_weight: float = 1.0
     gan_weight: float = 0.0
     fm_weight: float = 0.0
@@ -99,6 +102,9 @@ class TrainConfig:
     # run
     init: str = ""
     """Stage 2: the stage-1 checkpoint (default: <out>/s1/model_latest.safetensors)."""
+    init_student: str = ""
+    """Stage 2: start the stage-2 network from this stage-2 checkpoint (continue training a shipped model
+    against the same stage-1 teacher) instead of copying the teacher's DIRformer into a fresh one."""
     out: str = ""
     """Run folder (default runs/<task>); stage folders s1/ and s2/ inside."""
     resume: bool = False
@@ -277,7 +283,12 @@ def config_from_args(args: argparse.Namespace, stage: int) -> TrainConfig:
         if "patches" in layer and "phase_fracs" not in layer:  # new patch sizes, no shares given: equal
             layer = layer | {"phase_fracs": ()}
         cfg = apply_overrides(cfg, layer, source)
+    if cfg.hole_loss not in HOLE_LOSSES:
+        raise ValueError(f"hole_loss {cfg.hole_loss!r}: expected one of {', '.join(HOLE_LOSSES)}")
     return dataclasses.replace(cfg, stage=stage)
+
+
+HOLE_LOSSES = ("l1", "l2")
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -1,12 +1,14 @@
 """Reproduce the three shipped default models (`make train-defaults`) and ship them.
 
 `python -m training.defaults train [--tasks ...] [--parallel]` runs, per task, stage 1 then stage 2
-with the recipes in `training/configs/<task>-s{1,2}.toml` into `runs/defaults/<task>/`. Every stage
+with the recipes in `training/configs/<task>-s{1,2}.toml` into `runs/defaults/<task>/`, then, where
+`<task>-s2-continue.toml` exists, a continuation of that stage-2 network (new loss or patches, same
+stage-1 teacher) into `runs/defaults/<task>/continue/`. Every stage
 resumes automatically when its state file exists, so re-running the command continues an
 interrupted run (and does nothing for a finished one). `--parallel` runs the tasks side by side
 with one thread each, which shares a small CPU more evenly than one task at a time.
 
-`python -m training.defaults ship [--tasks ...]` copies each task's latest stage-2 checkpoint into
+`python -m training.defaults ship [--tasks ...]` copies each task's final stage-2 checkpoint into
 `models/weights/<task>.safetensors` (+ sidecar), where the service looks by default.
 """
 
@@ -24,6 +26,19 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 DEFAULT_TASKS = ("deblur", "sr-x4", "inpaint")
 
 
+CONTINUE_DIR = "continue"
+
+
+def continue_config(task: str) -> Path | None:
+    path = CONFIG_DIR / f"{task}-s2-continue.toml"
+    return path if path.is_file() else None
+
+
+def final_stage_dir(task: str, run: Path) -> Path:
+    """Where the checkpoint to ship lives: the continuation's stage 2 when the task has one."""
+    return run / CONTINUE_DIR / "s2" if continue_config(task) else run / "s2"
+
+
 def stage_command(task: str, stage: int, out_root: Path, extra: list[str]) -> list[str]:
     out = out_root / task
     cmd = [sys.executable, "-m", "training", f"stage{stage}", "--config", str(CONFIG_DIR / f"{task}-s{stage}.toml")]
@@ -33,10 +48,27 @@ def stage_command(task: str, stage: int, out_root: Path, extra: list[str]) -> li
     return cmd + extra
 
 
+def continue_command(task: str, config: Path, out_root: Path, extra: list[str]) -> list[str]:
+    run = out_root / task
+    out = run / CONTINUE_DIR
+    cmd = [sys.executable, "-m", "training", "stage2", "--config", str(config), "--out", str(out)]
+    cmd += ["--init", str(run / "s1" / "model_latest.safetensors")]
+    cmd += ["--init-student", str(run / "s2" / "model_latest.safetensors")]
+    if (out / "s2" / "state.pt").is_file():
+        cmd += ["--resume"]
+    return cmd + extra
+
+
 def run_task(task: str, out_root: Path, extra: list[str], minutes: tuple[float, float]) -> int:
+    cmds = []
     for stage in (1, 2):
         limit = ["--max-minutes", str(minutes[stage - 1])] if minutes[stage - 1] > 0 else []
-        cmd = stage_command(task, stage, out_root, extra + limit)
+        cmds.append(lambda stage=stage, limit=limit: stage_command(task, stage, out_root, extra + limit))
+    config = continue_config(task)
+    if config is not None:
+        cmds.append(lambda: continue_command(task, config, out_root, extra))
+    for make in cmds:  # built lazily: --resume depends on what the previous stage left
+        cmd = make()
         print("+", " ".join(cmd), flush=True)
         rc = subprocess.call(cmd)
         if rc != 0:
@@ -45,7 +77,7 @@ def run_task(task: str, out_root: Path, extra: list[str], minutes: tuple[float, 
 
 
 def ship(task: str, out_root: Path, weights_dir: Path) -> Path:
-    src = out_root / task / "s2" / "model_latest.safetensors"
+    src = final_stage_dir(task, out_root / task) / "model_latest.safetensors"
     if not src.is_file():
         raise FileNotFoundError(f"{src}: no stage-2 checkpoint yet")
     name = TASKS[task].default_checkpoint

@@ -29,6 +29,17 @@ def masked_l1(
     return ((out - gt).abs() * weights).mean()
 
 
+def masked_l1_l2(
+    out: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, weight_known: float, weight_missing: float
+) -> torch.Tensor:
+    """`masked_l1` outside the hole and squared error inside it, scaled by 1/0.05 so that its gradient equals
+    L1's at an error of 0.025: larger errors pull harder than under L1, smaller ones less."""
+    diff = out - gt
+    known = (diff.abs() * (1 - mask)).mean()
+    hole = (diff.square() * mask).mean() / 0.05
+    return weight_known * known + weight_missing * hole
+
+
 def l_diff(ipr_est: torch.Tensor, ipr_target: torch.Tensor) -> torch.Tensor:
     """L1 between the final estimated IPR and the (detached) stage-1 teacher IPR."""
     return (ipr_est - ipr_target.detach()).abs().mean()

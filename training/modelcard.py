@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models import load_model
 from models.tasks import get_task
+from training.defaults import CONTINUE_DIR
 
 BARS = {
     "sr-x4": "Y-PSNR (border 4): Set5 >= 30.0 dB and Set14 >= 27.0 dB",
@@ -118,9 +119,11 @@ def build(
     task: str, run: Path, model_eval: dict, baseline: dict | None, notes: str = "", checkpoint: Path | None = None
 ) -> str:
     spec = get_task(task)
-    ckpt = checkpoint or run / "s2" / "model_latest.safetensors"
+    cont_dir = run / CONTINUE_DIR / "s2"
+    has_cont = (cont_dir / "model_latest.json").is_file()
+    ckpt = checkpoint or (cont_dir if has_cont else run / "s2") / "model_latest.safetensors"
     s1 = json.loads((run / "s1" / "model_latest.json").read_text())
-    s2 = json.loads(ckpt.with_suffix(".json").read_text())
+    s2 = json.loads((run / "s2" / "model_latest.json").read_text())
     net = load_model(ckpt)
     params = sum(p.numel() for p in net.parameters())
     size_mb = ckpt.stat().st_size / 1e6
@@ -138,6 +141,22 @@ def build(
     cfg = net.config
     ve = max(1, c1["val_every"])
     val_every = max(ve, -(-max(p1["step"], p2["step"]) // 8 // ve) * ve)  # about 8 rows per stage
+    cont_rows = cont_curve = cont_text = ""
+    if has_cont:
+        p3 = json.loads((cont_dir / "model_latest.json").read_text())["provenance"]
+        c3 = p3["config"]
+        cont_rows = "\n" + stage_line("2, continued", p3, c3)
+        cont_every = max(c3["val_every"], -(-p3["step"] // 8 // c3["val_every"]) * c3["val_every"])
+        cont_curve = f"""
+Stage 2 continued (the stage-2 network above, trained further against the same stage-1 teacher;
+hole loss {c3.get("hole_loss", "l1").upper()}):
+
+{_fmt_curve(curve(cont_dir, cont_every, p3["step"]))}
+"""
+        run_dir = f"runs/defaults/{task}"
+        cont_text = f"""
+then `stage2 --config training/configs/{task}-s2-continue.toml --out {run_dir}/continue
+--init {run_dir}/s1/model_latest.safetensors --init-student {run_dir}/s2/model_latest.safetensors`."""
     real = c1.get("blur_p_real", 0.3)
     degradation_text = DEGRADATION_TEXT[task].format(
         real=real, synth=1 - real, sizes=tuple(c1.get("blur_kernel_sizes", (11, 31)))
@@ -167,7 +186,7 @@ Never trained on `val/` or `tasks/` images.
 | stage | steps done / planned | wall time | recipe |
 |---|---|---|---|
 {stage_line("1", p1, c1)}
-{stage_line("2", p2, c2)}
+{stage_line("2", p2, c2)}{cont_rows}
 
 Stage 2: the first {c2["encoder_frac"]:.0%} of its steps train only CPEN_S2 + the denoiser on L_diff
 (as the official deblur/RealSR recipes, which are 25% warm-up), then everything jointly.
@@ -176,13 +195,13 @@ Wall time is on the shared 2-core CPU (the defaults train side by side, one thre
 Reproduce (all three defaults; re-running resumes): `make train-defaults`, i.e.
 
 ```
-python -m training.defaults train --parallel      # stage1 then stage2 per task into runs/defaults/<task>/
-python -m training.defaults ship                  # copy runs/defaults/<task>/s2/model_latest.* here
+python -m training.defaults train --parallel      # stage1, stage2 (+ continuation) into runs/defaults/<task>/
+python -m training.defaults ship                  # copy each task's final stage-2 checkpoint here
 python -m training evaluate --task {task} --out runs/defaults/{task}/eval
 ```
 
 Single task: `python -m training stage1 --config training/configs/{task}-s1.toml --out runs/defaults/{task}`
-then the same with `stage2` and `{task}-s2.toml`.
+then the same with `stage2` and `{task}-s2.toml`{"," if has_cont else "."}{cont_text}
 
 ### Curves (validation on fixed degraded crops, EMA weights)
 
@@ -193,7 +212,7 @@ Stage 1 (validated with the GT-informed prior, an upper bound for stage 2):
 Stage 2 (the real prior from noise seed 0):
 
 {_fmt_curve(curve(run / "s2", val_every, p2["step"]))}
-
+{cont_curve}
 ## Evaluation (`python -m training evaluate --task {task}`)
 
 {eval_table(model_eval, baseline)}

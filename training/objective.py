@@ -31,7 +31,8 @@ class ImageObjective:
     def generator_loss(self, out: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         gt = batch["gt"]
         if "mask" in batch:
-            rec = losses.masked_l1(out, gt, batch["mask"], self.cfg.weight_known, self.cfg.weight_missing)
+            masked = losses.masked_l1_l2 if self.cfg.hole_loss == "l2" else losses.masked_l1
+            rec = masked(out, gt, batch["mask"], self.cfg.weight_known, self.cfg.weight_missing)
         else:
             rec = losses.l1(out, gt)
         loss, logs = rec, {"rec": rec.item()}

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.checkpoint import load_stage1_model
+from models.checkpoint import load_model, load_stage1_model
 from models.diffir import DiffIRS2
 from training import losses
 from training.config import TrainConfig
@@ -33,7 +33,11 @@ class Stage2Step(nn.Module):
         teacher = load_stage1_model(init, device=device).requires_grad_(False).eval()
         torch.manual_seed(cfg.seed)
         self.net = DiffIRS2(teacher.config).to(device).train()
-        self.net.G.load_state_dict(teacher.G.state_dict())
+        if cfg.init_student:
+            student = load_model(cfg.init_student, teacher.config, device=device)
+            self.net.load_state_dict(student.state_dict())
+        else:
+            self.net.G.load_state_dict(teacher.G.state_dict())
         self.device = device
         self.diff_weight = cfg.diff_weight
         object.__setattr__(self, "teacher", teacher)

@@ -61,6 +61,26 @@ def test_stage2_learns_from_the_stage1_teacher(stage1_run, tmp_path):
     assert g2.keys() == g1.keys() and any(not torch.equal(g2[k], g1[k]) for k in g1)
 
 
+def test_stage2_continues_from_a_stage2_checkpoint(stage1_run, tmp_path):
+    """`init_student` starts the whole stage-2 network (CPEN_S2 and denoiser too) from a stage-2 checkpoint,
+    still distilling from the stage-1 teacher; without it CPEN_S2 starts fresh."""
+    init = str(stage1_run.stage_dir / "model_latest.safetensors")
+    first = tiny_config(tmp_path / "first", stage1_run.data[0], stage=2, steps=4, init=init)
+    run_stage(first)
+    trained = load_model(first.stage_dir / "model_latest.safetensors").state_dict()
+    frozen = dict(steps=2, init=init, lr=0.0, lr_encoder=0.0, schedule="constant")
+    student = str(first.stage_dir / "model_latest.safetensors")
+    cont = tiny_config(tmp_path / "cont", stage1_run.data[0], stage=2, init_student=student, **frozen)
+    run_stage(cont)
+    continued = load_model(cont.stage_dir / "model_latest.safetensors").state_dict()
+    assert all(torch.allclose(continued[k], trained[k], atol=1e-6) for k in trained)
+    fresh = tiny_config(tmp_path / "fresh", stage1_run.data[0], stage=2, **frozen)
+    run_stage(fresh)
+    restarted = load_model(fresh.stage_dir / "model_latest.safetensors").state_dict()
+    cpen = [k for k in trained if k.startswith("condition.")]
+    assert cpen and any(not torch.allclose(restarted[k], trained[k], atol=1e-6) for k in cpen)
+
+
 def _state(stage_dir: Path) -> dict:
     return torch.load(stage_dir / "state.pt", weights_only=True)
 
@@ -125,6 +145,9 @@ def test_cli_defaults_and_strict_keys(tmp_path):
         _parse(["--stepz", "3"])
     with pytest.raises(ValueError, match="betas"):
         _parse(["--betas", "0.9"])
+    assert _parse(["--task", "inpaint", "--hole-loss", "l2"]).hole_loss == "l2"
+    with pytest.raises(ValueError, match="hole_loss"):
+        _parse(["--task", "inpaint", "--hole-loss", "l3"])
 
 
 def test_stage2_without_stage1_checkpoint_is_a_clear_error(tmp_path, image_dir):
