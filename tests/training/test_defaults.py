@@ -29,18 +29,18 @@ def _arg(cmd: list[str], flag: str) -> str:
 
 
 def test_a_task_with_a_continuation_recipe_runs_three_stages(tmp_path, calls):
-    assert defaults.continue_config("inpaint") is not None
-    assert defaults.run_task("inpaint", tmp_path, ["--threads", "1"], (0.0, 0.0)) == 0
+    assert defaults.continue_config("deblur") is not None
+    assert defaults.run_task("deblur", tmp_path, ["--threads", "1"], (0.0, 0.0)) == 0
     assert [c[3] for c in calls] == ["stage1", "stage2", "stage2"]
     cont = calls[2]
-    run = tmp_path / "inpaint"
-    assert _arg(cont, "--config").endswith("inpaint-s2-continue.toml")
+    run = tmp_path / "deblur"
+    assert _arg(cont, "--config").endswith("deblur-s2-continue.toml")
     assert _arg(cont, "--out") == str(run / "continue")
     assert _arg(cont, "--init") == str(run / "s1" / "model_latest.safetensors")
     assert _arg(cont, "--init-student") == str(run / "s2" / "model_latest.safetensors")
     assert "--resume" not in cont and cont[-2:] == ["--threads", "1"]
     calls.clear()  # a second run resumes every stage from its state file
-    defaults.run_task("inpaint", tmp_path, [], (0.0, 0.0))
+    defaults.run_task("deblur", tmp_path, [], (0.0, 0.0))
     assert all("--resume" in c for c in calls)
 
 
@@ -52,12 +52,12 @@ def test_a_task_without_one_stops_after_stage_2(tmp_path, calls):
 
 
 def test_ship_copies_the_final_stage(tmp_path):
-    for stage_dir, tag in (("inpaint/s2", b"s2"), ("inpaint/continue/s2", b"cont")):
+    for stage_dir, tag in (("deblur/s2", b"s2"), ("deblur/continue/s2", b"cont")):
         d = tmp_path / "runs" / stage_dir
         d.mkdir(parents=True)
         (d / "model_latest.safetensors").write_bytes(tag)
         (d / "model_latest.json").write_text("{}")
-    dst = defaults.ship("inpaint", tmp_path / "runs", tmp_path / "weights")
+    dst = defaults.ship("deblur", tmp_path / "runs", tmp_path / "weights")
     assert dst.read_bytes() == b"cont" and dst.with_suffix(".json").is_file()
     with pytest.raises(FileNotFoundError, match="no stage-2 checkpoint"):
         defaults.ship("sr-x4", tmp_path / "runs", tmp_path / "weights")
