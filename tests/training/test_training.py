@@ -153,3 +153,14 @@ def test_cli_defaults_and_strict_keys(tmp_path):
 def test_stage2_without_stage1_checkpoint_is_a_clear_error(tmp_path, image_dir):
     with pytest.raises(FileNotFoundError, match="stage-1 checkpoint"):
         run_stage(tiny_config(tmp_path, image_dir, stage=2))
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[2] / "training" / "configs").rglob("*.toml")), ids=lambda p: p.name
+)
+def test_every_recipe_in_the_repository_parses(path):
+    """A typo in a shipped recipe would otherwise surface only hours into `make train-defaults`."""
+    stage = 1 if path.stem.endswith("-s1") else 2
+    cfg = _parse(["--config", str(path)], stage)
+    assert cfg.steps > 0 and cfg.task in ("deblur", "sr-x4", "inpaint")
+    assert all(Path(d).name == "train" for d in cfg.data)  # issue 4: training data is ../shared/data/train only
