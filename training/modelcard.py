@@ -147,9 +147,9 @@ def build(
         c3 = p3["config"]
         cont_rows = "\n" + stage_line("2, continued", p3, c3)
         cont_every = max(c3["val_every"], -(-p3["step"] // 8 // c3["val_every"]) * c3["val_every"])
+        loss = f"; hole loss {c3.get('hole_loss', 'l1').upper()}" if task == "inpaint" else ""
         cont_curve = f"""
-Stage 2 continued (the stage-2 network above, trained further against the same stage-1 teacher;
-hole loss {c3.get("hole_loss", "l1").upper()}):
+Stage 2 continued (the stage-2 network above, trained further against the same stage-1 teacher{loss}):
 
 {_fmt_curve(curve(cont_dir, cont_every, p3["step"]))}
 """

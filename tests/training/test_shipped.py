@@ -35,9 +35,9 @@ def test_deblur_beats_the_blurred_input_on_kodim01():
     gt = read_image(list_images([SHARED_DATA / "val" / "Kodak24"])[0])[:, 128:384, 256:512]
     lq = blurred_kodak(gt, 0, load_levin_kernels(SHARED_DATA / "tasks" / "deblur" / "kernels"))
     out = restore(_net("deblur"), Case("Kodak24", "kodim01", lq, gt), seed=0)
-    # A real but small gain (+0.26 dB measured on this crop): the shipped deblur model is far from
-    # the issue-4 bar (+3 dB on Kodak24, see models/weights/deblur.md); raise this as training goes on.
-    assert psnr(out, gt) > psnr(lq, gt) + 0.15
+    # A real but small gain (+0.40 dB measured on this crop; +0.26 with the session-2 model): the shipped
+    # deblur model is far from the issue-4 bar (+3 dB on Kodak24, see models/weights/deblur.md).
+    assert psnr(out, gt) > psnr(lq, gt) + 0.3
 
 
 def test_inpaint_beats_opencv_telea_on_the_first_faces():
