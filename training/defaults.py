@@ -59,16 +59,18 @@ def continue_command(task: str, config: Path, out_root: Path, extra: list[str]) 
     return cmd + extra
 
 
-def run_task(task: str, out_root: Path, extra: list[str], minutes: tuple[float, float]) -> int:
-    cmds = []
+def _commands(task: str, out_root: Path, extra: list[str], minutes: tuple[float, float]):
+    """A generator, so each command is built after the previous stage ran (--resume depends on it)."""
     for stage in (1, 2):
         limit = ["--max-minutes", str(minutes[stage - 1])] if minutes[stage - 1] > 0 else []
-        cmds.append(lambda stage=stage, limit=limit: stage_command(task, stage, out_root, extra + limit))
+        yield stage_command(task, stage, out_root, extra + limit)
     config = continue_config(task)
     if config is not None:
-        cmds.append(lambda: continue_command(task, config, out_root, extra))
-    for make in cmds:  # built lazily: --resume depends on what the previous stage left
-        cmd = make()
+        yield continue_command(task, config, out_root, extra)
+
+
+def run_task(task: str, out_root: Path, extra: list[str], minutes: tuple[float, float]) -> int:
+    for cmd in _commands(task, out_root, extra, minutes):
         print("+", " ".join(cmd), flush=True)
         rc = subprocess.call(cmd)
         if rc != 0:

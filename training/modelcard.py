@@ -107,6 +107,11 @@ def verdict(task: str, model: dict, baseline: dict | None) -> str:
     )
 
 
+def _curve_every(val_every: int, steps: int) -> int:
+    """A multiple of the validation interval giving about 8 curve rows for `steps`."""
+    return max(val_every, -(-steps // 8 // val_every) * val_every)
+
+
 def _fmt_curve(rows: list[dict]) -> str:
     if not rows:
         return "(no validation log)"
@@ -140,13 +145,13 @@ def build(
 
     cfg = net.config
     ve = max(1, c1["val_every"])
-    val_every = max(ve, -(-max(p1["step"], p2["step"]) // 8 // ve) * ve)  # about 8 rows per stage
+    val_every = _curve_every(ve, max(p1["step"], p2["step"]))
     cont_rows = cont_curve = cont_text = ""
     if has_cont:
         p3 = json.loads((cont_dir / "model_latest.json").read_text())["provenance"]
         c3 = p3["config"]
         cont_rows = "\n" + stage_line("2, continued", p3, c3)
-        cont_every = max(c3["val_every"], -(-p3["step"] // 8 // c3["val_every"]) * c3["val_every"])
+        cont_every = _curve_every(max(1, c3["val_every"]), p3["step"])
         loss = f"; hole loss {c3.get('hole_loss', 'l1').upper()}" if task == "inpaint" else ""
         cont_curve = f"""
 Stage 2 continued (the stage-2 network above, trained further against the same stage-1 teacher{loss}):
