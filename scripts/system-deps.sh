@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # System packages the test suite needs (Debian): a real Prometheus for the monitoring test and
-# headless Chromium for the browser tests. Idempotent; does nothing when all are present.
+# headless Chromium for the browser tests, nginx for the reverse-proxy timeout test. Idempotent; does nothing when all are present.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# nginx: the reverse proxy of docker-compose.yml, run natively in front of the service by tests/deploy.
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
