@@ -1,20 +1,30 @@
-# Everything sets itself up from a fresh clone: the first target that needs the virtual
-# environment builds it (CPU torch pinned to 2.13.0, which pip takes from the local wheel).
+# Everything sets itself up from a fresh clone: the first target that needs the virtual environment
+# builds it. `make serve` installs only what serving needs; `make test` adds training and the dev tools.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+SERVE_STAMP := $(VENV)/.serve-installed
 STAMP  := $(VENV)/.installed
-TORCH_CPU := torch==2.13.0
+TORCH_VERSION ?= 2.13.0
+# PyPI's Linux torch is the CUDA build (GBs of CUDA libraries); PyTorch's CPU index has the CPU build.
+# `make serve TORCH_INDEX=` takes torch from pip's own configuration instead (a mirror, a local wheel).
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_PIP := torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --extra-index-url https://pypi.org/simple)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: setup system-deps test lint bench serve clean
+.PHONY: setup system-deps test lint bench serve clean lock
 
-$(STAMP): pyproject.toml
+$(SERVE_STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11 or newer is needed (PYTHON=python3.11 make ...)" if sys.version_info < (3, 11) else 0)'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(TORCH_CPU)
-	$(PY) -m pip install --quiet -e ".[serve,train,dev]"
+	$(PY) -m pip install --quiet $(TORCH_PIP)
+	$(PY) -m pip install --quiet -e ".[serve,onnxruntime]"
+	touch $(SERVE_STAMP)
+
+$(STAMP): $(SERVE_STAMP)
+	$(PY) -m pip install --quiet -e ".[serve,onnxruntime,train,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -37,11 +47,15 @@ bench: $(STAMP)
 	$(PY) -m bench.service_bench --out bench/results
 	$(PY) -m bench.train_speed --out bench/results
 
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
 	$(PY) -m service --host $(HOST) --port $(PORT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+
+# The images' hashed lock files (docker/requirements-{cpu,cuda}.txt) from pyproject's extras; see docker/lock.sh.
+lock: $(STAMP)
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash docker/lock.sh
 
 # Reproduce the three shipped default models from ../shared/data/train (issue 4): stage 1 then
 # stage 2 per task into runs/defaults/<task>/ (re-running resumes), copy the stage-2 checkpoints to

@@ -120,9 +120,9 @@ def test_pillow_is_pinned_at_a_fixed_version() -> None:
     floor = min(Version(s.version) for s in req.specifier if s.operator in (">=", "=="))
     assert floor >= Version("12.3"), req
     assert Version(metadata.version("pillow")) >= Version("12.3")
-    constraints = (ROOT / "docker" / "constraints.txt").read_text()
-    pinned = re.search(r"^pillow==(\S+)$", constraints, re.M | re.I)
-    assert pinned and Version(pinned.group(1)) >= Version("12.3")
+    for lock in ("requirements-cpu.txt", "requirements-cuda.txt"):  # the images' hashed lock files
+        pinned = re.search(r"^pillow==([^\s\\]+)", (ROOT / "docker" / lock).read_text(), re.M | re.I)
+        assert pinned and Version(pinned.group(1)) >= Version("12.3"), lock
 
 
 class _Capture(logging.Handler):
