@@ -4,6 +4,10 @@ The lifespan loads the models (unless the caller already did, as `python -m serv
 report start-up faults in one line before binding the port), starts one batcher per task, warms
 every task in the background (`/readyz` turns 200 afterwards), and on shutdown drains: new
 requests are refused while queued and running ones finish, within `DIFFIR_DRAIN_SECONDS`.
+
+`/docs` (Swagger UI) and `/redoc` load their scripts and styles from this server (the assets ship in
+the `fastapi-offline` package), so they work on an air-gapped cluster. Cross-origin browser calls are
+allowed only for the origins in `DIFFIR_CORS_ORIGINS` (none by default).
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,6 +45,12 @@ from service.state import ServiceState, load_backends
 
 WEB_DIR = Path(__file__).resolve().parent / "web" / "static"
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Probes and scrapes arrive every few seconds: their access lines are debug, everything else info.
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+DOCS_ASSETS = "/docs/assets"
+# What a cross-origin front end may send and read (preflight answers; off unless DIFFIR_CORS_ORIGINS is set).
+CORS_REQUEST_HEADERS = ("Authorization", "X-API-Key", "Content-Type", "X-Request-ID")
+CORS_EXPOSED_HEADERS = ("X-Request-ID", "Server-Timing", "X-Batch-Size", "Retry-After")
 
 
 class RequestContext:
@@ -67,8 +79,10 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             fields = scope["state"].get("log_fields", {})
+            quiet = scope.get("path") in QUIET_PATHS and status < 400
             log_event(
                 "request",
+                logging.DEBUG if quiet else logging.INFO,
                 request_id=request_id,
                 method=scope.get("method"),
                 path=scope.get("path"),
@@ -171,20 +185,30 @@ def create_app(
                 metrics_server.shutdown()
             log_event("stopped")
 
-    app = FastAPI(
+    app: FastAPI = FastAPIOffline(
         title="diffir-serve",
         summary="DiffIR image restoration with dynamic batching",
         version="0.1.0",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        redirect_slashes=False,  # a 307 would build its Location from the client's Host header
     )
     app.state.settings = settings
-    app.add_middleware(RequestContext)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=list(CORS_REQUEST_HEADERS),
+            expose_headers=list(CORS_EXPOSED_HEADERS),
+        )
+    app.add_middleware(RequestContext)  # outermost: preflights get a request id and an access line too
     _install_error_handlers(app)
     app.include_router(restore_router)
     app.include_router(routes.router)
     if not settings.metrics_port:
         app.add_api_route(
-            "/metrics", routes.metrics, methods=["GET"], summary="Prometheus metrics", response_class=PlainTextResponse
+            "/metrics", routes.metrics, methods=routes.READ, summary="Prometheus metrics", response_class=PlainTextResponse
         )
     if WEB_DIR.is_dir():
         # The web page is the router's fallback rather than a mount at "/", so API paths keep their

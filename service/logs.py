@@ -1,4 +1,8 @@
-"""Structured JSON log lines (one object per line; request ids, never image data)."""
+"""Structured JSON log lines (one object per line; request ids, never image data).
+
+Our `diffir` logger and uvicorn's own loggers (`uvicorn`, and through it `uvicorn.error` and
+`uvicorn.access`) share one handler and format, so a log collector sees one JSON stream.
+"""
 
 from __future__ import annotations
 
@@ -25,16 +29,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+# Loggers given our handler; uvicorn's children (`uvicorn.error`, `uvicorn.access`) propagate to `uvicorn`.
+HANDLED_LOGGERS = (LOGGER, "uvicorn")
+
+
 def configure_logging(level: str, as_json: bool) -> None:
-    """Configure the `diffir` logger (idempotent; leaves other loggers alone)."""
-    logger = logging.getLogger(LOGGER)
-    logger.setLevel(level.upper())
-    logger.propagate = False
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if as_json else logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logger.addHandler(handler)
+    """Configure the `diffir` and `uvicorn` loggers (idempotent; leaves other loggers alone)."""
+    formatter = JsonFormatter() if as_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    for name in HANDLED_LOGGERS:
+        logger = logging.getLogger(name)
+        logger.setLevel(level.upper())
+        logger.propagate = False
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        handler = logging.StreamHandler()
+        handler.setFormatter(formatter)
+        logger.addHandler(handler)
+    for child in ("uvicorn.error", "uvicorn.access", "uvicorn.asgi"):
+        logger = logging.getLogger(child)
+        for handler in list(logger.handlers):  # anything uvicorn's default config left would print twice
+            logger.removeHandler(handler)
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
 
 
 def log_event(message: str, level: int = logging.INFO, *, exc_info: bool = False, **fields: object) -> None:

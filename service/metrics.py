@@ -1,4 +1,5 @@
-"""Prometheus metrics on an injected registry (names fixed: dashboards and alerts use them).
+"""Prometheus metrics on an injected registry (names fixed: dashboards and alerts use them), plus
+the client library's standard `process_*` and `python_*` collectors.
 
 Labels are bounded: `task` is a configured task name (or `_unknown`), `code` an HTTP status,
 `reason` one of a fixed set, `backend`/`provider`/`variant`/`version` come from configuration.
@@ -6,13 +7,22 @@ Labels are bounded: `task` is a configured task name (or `_unknown`), `code` an 
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 PIXEL_BUCKETS = tuple(float(s * s) for s in (64, 128, 256, 512, 1024, 2048, 4096, 8192))
 UNKNOWN_TASK = "_unknown"
-BATCHER_REASONS = ("queue_full", "draining", "deadline", "expired", "disconnected")
+BATCHER_REASONS = ("queue_full", "draining", "deadline", "expired", "disconnected", "busy")
 """Reasons the batchers count; the handler adds the 4xx error codes of `service.errors`."""
 
 
@@ -30,6 +40,11 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        if registry is not REGISTRY:  # the default registry has them already
+            # process_* (CPU seconds, resident memory, open fds, start time), python_info, python_gc_*
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
         self.requests = Counter(
             "diffir_requests", "Restore requests by final HTTP status", ["task", "code"], registry=registry
         )
@@ -77,12 +92,37 @@ class Metrics:
             ["task", "variant", "backend", "provider", "version"],
             registry=registry,
         )
+        self.backend_candidate = Gauge(
+            "diffir_backend_candidate_seconds",
+            "DIFFIR_BACKEND=auto: each candidate's time on the tuning input (chosen=1 for the one serving)",
+            ["task", "candidate", "accepted", "chosen"],
+            registry=registry,
+        )
         self.disconnected = Counter(
             "diffir_disconnected",
             "Requests whose client went away while queued (not computed)",
             ["task"],
             registry=registry,
         )
+        self.decode_duration = Histogram(
+            "diffir_decode_duration_seconds",
+            "Time to check and decode an upload (header, worker, float conversion)",
+            ["task"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.decode_queue = Gauge(
+            "diffir_decode_queue_depth", "Uploads waiting for a decode worker", ["lane"], registry=registry
+        )
+        self.upload_bytes = Gauge(
+            "diffir_upload_bytes_in_flight",
+            "Request body bytes held by uploads being read or decoded",
+            registry=registry,
+        )
+        self.device_healthy = Gauge(
+            "diffir_device_healthy", "0 after a sticky accelerator fault (the process must restart)", registry=registry
+        )
+        self.device_healthy.set(1)
         self.ready = Gauge("diffir_ready", "1 when every task is loaded and warmed and not draining", registry=registry)
         self.ready.set(0)
 

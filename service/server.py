@@ -55,6 +55,7 @@ def main(argv: list[str]) -> int:
     import warnings
 
     from service.app import create_app
+    from service.logs import log_event
     from service.state import load_backends
 
     # torch's weights-only unpickler warns (several lines) before refusing a pickled checkpoint: keep the one line
@@ -73,16 +74,19 @@ def main(argv: list[str]) -> int:
                 state.set_draining()
             super().handle_exit(sig, frame)
 
+    # log_config=None: uvicorn keeps the handlers create_app gave its loggers (our JSON lines, service.logs);
+    # our RequestContext writes the access lines, so uvicorn's own are off.
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        log_level="warning" if settings.log_level == "info" else settings.log_level,
+        log_config=None,
+        log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=max(int(settings.drain_seconds), 1),
         lifespan="on",
     )
     server = DrainingServer(config)
-    print(f"diffir-serve: listening on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True)
+    log_event("listening", url=f"http://{settings.host}:{settings.port}")
     server.run()
     return 0

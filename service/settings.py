@@ -8,16 +8,28 @@ Every setting (environment variable, default, meaning):
 | `DIFFIR_PORT` | `8000` | port to bind (`--port` overrides) |
 | `DIFFIR_API_KEY` | unset | when set, `POST /restore/*` needs `Authorization: Bearer <key>` or `X-API-Key: <key>` |
 | `DIFFIR_DEVICE` | `auto` | `auto` (CUDA when present, else CPU), `cpu`, `cuda`, `cuda:N` |
-| `DIFFIR_BACKEND` | `torch` | default backend: `torch` (eager), `torchscript`, `onnxruntime` |
-| `DIFFIR_PRECISION` | `fp32` | torch eager on CUDA only: `fp32`, `fp16`, `bf16` (CPU always runs fp32) |
+| `DIFFIR_BACKEND` | `auto` | `auto` (fastest candidate within 45 dB of fp32), `torch`, `torchscript`, `onnxruntime` |
+| `DIFFIR_PRECISION` | unset | `fp32`, `bf16`, `fp16` for torch (CPU: autocast); unset: fp32, or what `auto` picks |
+| `DIFFIR_CACHE_DIR` | unset | writable folder for first-use exports and `auto` choices (unset: XDG cache, else temp) |
+| `DIFFIR_AUTOTUNE_SIZE` | `256` | output edge of the synthetic input `auto` times the candidates on |
 | `DIFFIR_TORCH_THREADS` | unset | intra-op threads for torch and ONNX Runtime (unset: library default) |
 | `DIFFIR_MAX_BATCH_SIZE` | auto | most requests per model call; unset: 8 on CUDA, 1 on CPU (batching is slower there) |
 | `DIFFIR_MAX_WAIT_MS` | `5` | how long the oldest queued request waits for others to join its batch |
 | `DIFFIR_QUEUE_SIZE` | `32` | queued requests per task; beyond it: 503 `queue_full` with `Retry-After` |
 | `DIFFIR_MAX_QUEUED_PIXELS` | `67108864` | input pixels queued per task (bounds memory); 503 `queue_full` beyond |
-| `DIFFIR_DECODE_CONCURRENCY` | `4` | uploads decoded at once (bounds memory of decoding) |
+| `DIFFIR_DECODE_CONCURRENCY` | `4` | decode worker processes for large uploads (plus 2 for small ones) |
+| `DIFFIR_DECODE_TIMEOUT_S` | `10` | a decode worker still busy after this is killed: 422 `decode_too_slow` |
+| `DIFFIR_DECODE_MEMORY_MB` | `1536` | address-space limit of each decode worker; beyond it 413 `decode_too_large` |
+| `DIFFIR_SMALL_DECODE_PIXELS` | `262144` | uploads of at most this many pixels (header) use the small decode lane |
+| `DIFFIR_MAX_JPEG_SCANS` | `64` | JPEGs with more scans are refused before decoding: 422 `decode_too_slow` |
+| `DIFFIR_MAX_BATCH_PIXELS` | `16777216` | most input pixels in one model call (batches: capped by count and pixels) |
+| `DIFFIR_MAX_UPLOAD_BYTES_IN_FLIGHT` | `268435456` | body bytes held by uploads being read/decoded; 503 `busy` beyond |
+| `DIFFIR_HEADER_TIMEOUT_S` | `10` | request headers not complete this long after the connection opened: closed |
+| `DIFFIR_BODY_TIMEOUT_S` | `60` | a request body not complete within this many seconds: 408 `request_timeout` |
+| `DIFFIR_BODY_IDLE_TIMEOUT_S` | `10` | a request body that sends nothing for this many seconds: 408 `request_timeout` |
+| `DIFFIR_KEEP_ALIVE_S` | `5` | idle keep-alive connections are closed after this many seconds |
 | `DIFFIR_LARGE_QUEUE_SIZE` | `4` | queued tiled (large) inputs per task; they run one at a time, tile by tile |
-| `DIFFIR_DEADLINE_S` | `60` | a request not answered within this many seconds gets 504 `deadline_exceeded` |
+| `DIFFIR_DEADLINE_S` | `60` | one deadline over decode, queue, inference and encode: 504 `deadline_exceeded` |
 | `DIFFIR_TILED_DEADLINE_S` | `900` | the deadline for inputs large enough to be tiled (minutes on a CPU at 4096²) |
 | `DIFFIR_RETRY_AFTER_S` | `1` | value of `Retry-After` on 503 responses |
 | `DIFFIR_MAX_BODY_BYTES` | `33554432` | request body cap in bytes (32 MiB); 413 `body_too_large` |
@@ -34,11 +46,13 @@ Every setting (environment variable, default, meaning):
 | `DIFFIR_TASKS` | unset | JSON: task -> `{"checkpoint"\|"artifact": path, "variant", "backend"}` (unset: defaults) |
 | `DIFFIR_DRAIN_SECONDS` | `30` | on SIGTERM: stop accepting, finish what was accepted, exit within this many seconds |
 | `DIFFIR_METRICS_PORT` | unset | serve `/metrics` on this separate port (same host) instead of the main one |
+| `DIFFIR_CORS_ORIGINS` | unset | comma-separated origins (`https://app.example`) whose pages may call the API |
 | `DIFFIR_LOG_LEVEL` | `info` | `debug`, `info`, `warning`, `error` |
 | `DIFFIR_LOG_JSON` | `true` | structured JSON log lines (request id, task, status, timings; never image data) |
 
 `DIFFIR_TASKS` entries: exactly one of `checkpoint` (a `.safetensors` with sidecar, or an official
-`.pth`/`.ckpt`; torch backend) or `artifact` (an exported `<name>.<graph>.onnx` / `.ts`; the backend
+`.pth`/`.ckpt`; any backend: `onnxruntime`/`torchscript` export it on first use into the cache
+folder) or `artifact` (an exported `<name>.<graph>.onnx` / `.ts`; the backend
 follows the suffix, and the sibling `prior`/`restorer` graphs enable tiling when present). `variant`
 names a preset (needed for official checkpoints whose architecture is ambiguous). A task named like
 one of `models.tasks.TASKS` may omit the path to use its shipped default checkpoint.
@@ -49,12 +63,12 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-BackendName = Literal["torch", "torchscript", "onnxruntime"]
+BackendName = Literal["auto", "torch", "torchscript", "onnxruntime"]
 TASK_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 ARTIFACT_SUFFIXES: dict[str, BackendName] = {".onnx": "onnxruntime", ".ts": "torchscript", ".pt": "torchscript"}
 
@@ -79,8 +93,6 @@ class TaskSettings(BaseModel):
                 raise ValueError(f"artifact {self.artifact} must end in {', '.join(ARTIFACT_SUFFIXES)}")
             if self.backend not in (None, expected):
                 raise ValueError(f"artifact {self.artifact.name} runs on {expected}, not {self.backend}")
-        if self.checkpoint is not None and self.backend not in (None, "torch"):
-            raise ValueError("a checkpoint runs on the torch backend; export it for torchscript/onnxruntime")
         return self
 
 
@@ -93,8 +105,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     api_key: SecretStr | None = None
     device: str = "auto"
-    backend: BackendName = "torch"
-    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    backend: BackendName = "auto"
+    precision: Literal["fp32", "fp16", "bf16"] | None = None
+    cache_dir: Path | None = None
+    autotune_size: int = Field(256, ge=32, le=4096)
     torch_threads: int | None = Field(None, ge=1, le=256)
     max_batch_size: int | None = Field(None, ge=1, le=256)
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)
@@ -102,6 +116,16 @@ class Settings(BaseSettings):
     max_queued_pixels: int = Field(64 * 1024 * 1024, ge=1)
     large_queue_size: int = Field(4, ge=1, le=10_000)
     decode_concurrency: int = Field(4, ge=1, le=256)
+    decode_timeout_s: float = Field(10.0, gt=0, le=3600)
+    decode_memory_mb: int | None = Field(1536, ge=256)
+    small_decode_pixels: int = Field(512 * 512, ge=0)
+    max_jpeg_scans: int = Field(64, ge=1, le=1_000_000)
+    max_batch_pixels: int = Field(4096 * 4096, ge=1)
+    max_upload_bytes_in_flight: int = Field(256 * 1024 * 1024, ge=1024)
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    body_timeout_s: float = Field(60.0, gt=0, le=3600)
+    body_idle_timeout_s: float = Field(10.0, gt=0, le=3600)
+    keep_alive_s: int = Field(5, ge=1, le=3600)
     deadline_s: float = Field(60.0, gt=0, le=3600)
     tiled_deadline_s: float = Field(900.0, gt=0, le=24 * 3600)
     retry_after_s: int = Field(1, ge=1, le=3600)
@@ -119,6 +143,7 @@ class Settings(BaseSettings):
     tasks: dict[str, TaskSettings] = Field(default_factory=dict)
     drain_seconds: float = Field(30.0, ge=0, le=3600)
     metrics_port: int | None = Field(None, ge=1, le=65535)
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_json: bool = True
 
@@ -126,6 +151,16 @@ class Settings(BaseSettings):
     @classmethod
     def _api_key(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value  # empty means no key
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _cors_origins(cls, value: object) -> object:
+        if isinstance(value, str):  # the environment gives "https://a.example, https://b.example"
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        for origin in value if isinstance(value, list | tuple) else ():
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", str(origin)):
+                raise ValueError(f"CORS origin {origin!r} must be scheme://host[:port] (no path) or *")
+        return value
 
     @field_validator("device")
     @classmethod
