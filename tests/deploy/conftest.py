@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -42,7 +43,7 @@ def tool(name: str) -> str:
     candidate = BIN / name
     if candidate.exists():
         return str(candidate)
-    found = shutil.which(name)
+    found = shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")  # Debian's nginx is in sbin
     if not found:
         pytest.fail(f"{name} is not installed: `make test` installs it (pyproject dev extra / scripts/system-deps.sh)")
     return found

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -234,5 +235,59 @@ def running_prometheus(tmp: Path, config: str, binary: str) -> Iterator[Promethe
     try:
         wait_for(lambda: http("GET", prom.base + "/-/ready", timeout=2)[0] == 200, 60, "Prometheus to be ready")
         yield prom
+    finally:
+        proc.stop()
+
+
+_PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def envsubst(template: str, env: dict[str, str]) -> str:
+    """What the nginx image's entrypoint does to /etc/nginx/templates: `${NAME}` replaced for the variables that are
+    set, everything else (nginx's own `$host`, unset names) left as it is."""
+    return _PLACEHOLDER.sub(lambda m: env.get(m.group(1), m.group(0)), template)
+
+
+# The main context the nginx image provides around conf.d (its /etc/nginx/nginx.conf), for a native nginx
+# running unprivileged-style: everything it writes stays under `root`.
+NGINX_MAIN = """\
+daemon off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log info;
+events {{ worker_connections 64; }}
+http {{
+    access_log {root}/access.log;
+    client_body_temp_path {root}/client_body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    include {root}/conf.d/*.conf;
+}}
+"""
+
+
+@contextlib.contextmanager
+def running_nginx(root: Path, site_conf: str, port: int, binary: str) -> Iterator[Process]:
+    """Debian's nginx with `site_conf` as its only conf.d file, listening on 127.0.0.1:`port`, ready when yielded."""
+    (root / "conf.d").mkdir(parents=True)
+    (root / "conf.d" / "site.conf").write_text(site_conf)
+    main = NGINX_MAIN.format(root=root)
+    if os.geteuid() == 0:  # workers would otherwise run as `nobody`, which cannot enter pytest's 0700 tmp dirs
+        main = "user root root;\n" + main
+    (root / "nginx.conf").write_text(main)
+    check = subprocess.run([binary, "-t", "-p", str(root), "-c", str(root / "nginx.conf")], capture_output=True)
+    assert check.returncode == 0, check.stderr.decode()
+    proc = Process([binary, "-p", str(root), "-c", str(root / "nginx.conf")], root / "nginx.out")
+
+    def listening() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+
+    try:
+        wait_for(lambda: listening() or not proc.alive(), 20, "nginx to listen")
+        assert proc.alive(), proc.output() + (root / "error.log").read_text()
+        yield proc
     finally:
         proc.stop()
