@@ -47,14 +47,62 @@ def test_exported_backends_match_torch(checkpoints, artifacts, kind: str) -> Non
     assert torch.allclose(backend.restore(lq, backend.prior(lq, noise)), expected, atol=1e-4)
 
 
-def test_onnx_reports_the_provider_really_in_use(artifacts) -> None:
+class _Session:
+    """An ONNX Runtime session that reports `providers` from `get_providers()` and otherwise is the real one."""
+
+    def __init__(self, real, providers: list[str]) -> None:
+        self._real, self._providers = real, providers
+
+    def get_providers(self) -> list[str]:
+        return self._providers
+
+    def __getattr__(self, name: str):
+        return getattr(self._real, name)
+
+
+def fake_onnxruntime(monkeypatch: pytest.MonkeyPatch, available: list[str], reports: list[str]) -> list:
+    """onnxruntime as installed on a machine with `available` providers whose sessions end up on
+    `reports` (a CUDA provider that fails to load leaves a session on the CPU). Returns the provider
+    lists the code under test asked for."""
     import onnxruntime as ort
 
-    backend = OnnxBackend(find_graphs(artifacts["onnx"]["full"]), torch.device("cuda"))  # asked for CUDA
-    truth = next(iter(backend.sessions.values())).get_providers()[0]
-    assert backend.provider == truth
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        assert backend.provider == "CPUExecutionProvider"
+    real, requested = ort.InferenceSession, []
+
+    def session(path, sess_options=None, providers=None, **kwargs):
+        requested.append(providers)
+        return _Session(real(path, sess_options=sess_options, providers=["CPUExecutionProvider"]), reports)
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(available))
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    return requested
+
+
+@pytest.mark.anyio
+async def test_tasks_reports_the_provider_the_session_runs_on(artifacts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`/tasks` and `diffir_model_info` carry what the session says it runs on, not what was asked for."""
+    cpu = ["CPUExecutionProvider"]
+    requested = fake_onnxruntime(monkeypatch, ["DnnlExecutionProvider", *cpu], ["DnnlExecutionProvider", *cpu])
+    settings = make_settings({}, tasks={"deblur": {"artifact": str(artifacts["onnx"]["full"])}})
+    async for live in start_app(settings):
+        (task,) = (await live.client.get("/tasks")).json()["tasks"]
+        metrics = (await live.client.get("/metrics")).text
+    assert requested and all(p == cpu for p in requested)  # the service asked for the CPU provider only
+    assert task["provider"] == "DnnlExecutionProvider"
+    assert 'provider="DnnlExecutionProvider",task="deblur"' in metrics
+
+
+def test_a_cuda_provider_that_falls_back_to_the_cpu_is_refused(artifacts, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA requested and listed as available, but the session comes up on the CPU only (cuDNN missing):
+    the service refuses to start rather than serve 100x slower while claiming CUDA."""
+    requested = fake_onnxruntime(
+        monkeypatch, ["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]
+    )
+    spec = TaskSettings(artifact=artifacts["onnx"]["full"])
+    with pytest.raises(StartupError) as err:  # the device as `DIFFIR_DEVICE=cuda` resolves it on a GPU machine
+        load_backend("deblur", spec, Settings(), torch.device("cuda"))
+    message = one_line(err.value)
+    assert requested and requested[0][0][0] == "CUDAExecutionProvider"  # CUDA was really asked for
+    assert "CUDA provider" in message and "CPU" in message, message
 
 
 def test_partial_graph_sets(artifacts, tmp_path: Path) -> None:

@@ -107,17 +107,27 @@ async def test_tiled_request_through_the_api(checkpoints) -> None:
 
 @pytest.mark.anyio
 async def test_abandoned_tiled_request_stops_early() -> None:
-    """A 504'd tiled request frees the inference thread at its next tile instead of running on."""
+    """A 504'd tiled request frees the inference thread at its next tile instead of running on: after
+    waiting past the time the whole restoration would take, the tile count has stopped growing."""
     import asyncio
+    import threading
     import time
 
     from service.settings import Settings
     from tests.service.conftest import IdentityBackend
 
+    tile_s, tiles = 0.15, 9  # 120x96 in 48-pixel tiles with 8 of overlap: 3 x 3 tiles, 1.35 s of work
+
     class SlowTiles(IdentityBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.last_tile = threading.Event()
+
         def restore(self, lq: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
             self.calls += 1
-            time.sleep(0.15)
+            time.sleep(tile_s)
+            if self.calls >= tiles:
+                self.last_tile.set()
             return super().restore(lq, ipr)
 
     backend = SlowTiles()
@@ -132,11 +142,15 @@ async def test_abandoned_tiled_request_stops_early() -> None:
     async for live in start_app(settings, backends={"deblur": backend}):
         from PIL import Image
 
-        data = encode(Image.new("RGB", (120, 96), (10, 20, 30)))  # 3 x 3 = 9 tiles, 1.35 s of work
+        data = encode(Image.new("RGB", (120, 96), (10, 20, 30)))
         r = await live.client.post("/restore/deblur", content=data, headers={"content-type": "image/png"})
         assert r.status_code == 504
-        await asyncio.sleep(0.5)
-        assert backend.calls < 9  # stopped after the deadline, not at the end
+        at_504 = backend.calls
+        assert 1 <= at_504 < tiles
+        # past the full run time (plus margin for a busy CPU): a restoration that ran on would have
+        # finished every tile by now
+        finished = await asyncio.to_thread(backend.last_tile.wait, 2 * tiles * tile_s)
+        assert not finished and backend.calls <= at_504 + 1, (at_504, backend.calls)  # only the tile in flight
 
 
 @pytest.mark.anyio
