@@ -1,96 +1,168 @@
-"""`python -m service restore TASK INPUT... [-o DIR]`: restore files or folders locally, no server.
+"""`diffir-restore TASK INPUT... [-o DIR]` (also `python -m service restore`): restore files or folders.
 
-Uses exactly the service's pieces (settings, model loading, decode, engine, encode), so a file
-restored here is byte-identical to the server's answer for the same settings and seed. Folders
-are walked for allow-listed image files (sorted, so runs are repeatable); for `inpaint`, the mask
-of `photo.png` is `photo.mask.png` (any allowed extension) unless `--mask` names one file.
+Locally by default, with exactly the service's pieces (settings, model loading, decode, engine,
+encode), so a file restored here is byte-identical to the server's answer for the same settings and
+seed; or through a running server with `--server URL` (then only the HTTP client is needed: no torch).
+
+Outputs never overwrite each other: a folder input is mirrored under the output folder (`in/a/x.png`
+-> `out/a/x.png`); names that would still collide (`x.png` and `x.webp` both becoming `x.png`) get
+their source extension (`x_webp.png`), then a number. Outputs that already exist stop the run before
+anything is computed unless `--overwrite` or `--skip-existing` says what to do. A file that fails is
+reported and the run goes on; the exit status is 1 when any file failed, with a summary at the end.
+For `inpaint`, the mask of `photo.png` is `photo.mask.png` (any allowed extension) unless `--mask`
+names one file for all.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
+from tqdm import tqdm
 
-from service.errors import ServiceError, StartupError
-from service.imaging import choose_format, decode_image, decode_mask, encode_image
+log = logging.getLogger("diffir.restore")
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp"}
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp")
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+
+Restorer = Callable[[Path, "Path | None", str], bytes]
+"""(image path, mask path or None, output format) -> encoded output bytes; raises on failure."""
+
+
+class FileError(Exception):
+    """One input could not be restored; `code` is the service's error code where there is one."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m service restore", description="Restore images locally.")
+    p = argparse.ArgumentParser(
+        prog="diffir-restore",
+        description="Restore image files and folders with a DiffIR model, locally or through a running server.",
+    )
     p.add_argument("task", help="a configured task (deblur, sr-x4, inpaint, or one from DIFFIR_TASKS)")
-    p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders")
+    p.add_argument("inputs", nargs="+", type=Path, help="image files and/or folders (folders are mirrored)")
     p.add_argument("-o", "--out", type=Path, default=Path("restored"), help="output folder (default ./restored)")
+    p.add_argument("--suffix", default="", help="appended to each output's name: --suffix _x4 gives photo_x4.png")
+    exists = p.add_mutually_exclusive_group()
+    exists.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    exists.add_argument("--skip-existing", action="store_true", help="leave inputs whose output exists alone")
     p.add_argument("--mask", type=Path, help="inpaint: one mask for every input")
-    p.add_argument("--checkpoint", type=Path, help="use this checkpoint/artifact instead of the configured one")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=sorted(EXTENSIONS), help="output format (default: png, jpeg for jpeg)")
+    p.add_argument("--format", choices=sorted(EXTENSIONS), help="output format (default: png; jpeg for .jpg input)")
     p.add_argument("--quality", type=int, help="JPEG/WebP quality 1-100")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p.parse_args(argv)
+    local = p.add_argument_group("local restoration (no --server)")
+    local.add_argument("--checkpoint", type=Path, help="use this checkpoint/artifact instead of the configured one")
+    local.add_argument("--device", help="auto, cpu, cuda or cuda:N (default DIFFIR_DEVICE or auto)")
+    local.add_argument(
+        "--tile", type=int, help="restore inputs larger than TILE x TILE in TILE-pixel tiles (0: never tile)"
+    )
+    remote = p.add_argument_group("through a running server")
+    remote.add_argument("--server", metavar="URL", help="e.g. http://127.0.0.1:8000 (needs no torch locally)")
+    remote.add_argument("--api-key", default=os.environ.get("DIFFIR_API_KEY"), help="default: DIFFIR_API_KEY")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress, only errors and the summary")
+    args = p.parse_args(argv)
+    if args.server and (args.checkpoint or args.device or args.tile is not None):
+        p.error("--checkpoint, --device and --tile apply to local restoration, not with --server")
+    return args
 
 
-def collect(inputs: list[Path]) -> list[Path]:
-    files: list[Path] = []
+# --- what goes where ------------------------------------------------------------------------------
+def output_format(requested: str | None, source: Path) -> str:
+    """The CLI's rule: the requested format, else JPEG for `.jpg`/`.jpeg` files and PNG for the rest."""
+    if requested:
+        return requested
+    return "jpeg" if source.suffix.lower() in (".jpg", ".jpeg") else "png"
+
+
+@dataclass(frozen=True)
+class Item:
+    source: Path
+    target: Path
+    fmt: str
+
+
+def _images_in(folder: Path) -> list[Path]:
+    found = (p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in found if ".mask." not in p.name)  # sorted: repeatable runs
+
+
+def plan(inputs: list[Path], out: Path, suffix: str, requested: str | None) -> list[Item]:
+    """Every input with its output path: folders mirrored, no two outputs on the same path."""
+    several = len(inputs) > 1
+    wanted: list[tuple[Path, Path, str]] = []  # (source, output folder, format)
     for item in inputs:
         if item.is_dir():
-            files.extend(
-                sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and ".mask." not in p.name)
-            )
+            base = out / item.resolve().name if several else out
+            wanted += [(p, base / p.parent.relative_to(item), output_format(requested, p)) for p in _images_in(item)]
         else:
-            files.append(item)
-    return files
+            wanted.append((item, out, output_format(requested, item)))
+    plain = [folder / f"{src.stem}{suffix}{EXTENSIONS[fmt]}" for src, folder, fmt in wanted]
+    counts: dict[Path, int] = {}
+    for path in plain:
+        counts[path] = counts.get(path, 0) + 1
+    items, taken = [], set()
+    for (src, folder, fmt), target in zip(wanted, plain):
+        if counts[target] > 1 and src.suffix.lower() != EXTENSIONS[fmt]:
+            target = folder / f"{src.stem}_{src.suffix.lower().lstrip('.')}{suffix}{EXTENSIONS[fmt]}"
+        n = 2
+        unique = target
+        while unique in taken:
+            unique = target.with_name(f"{target.stem}_{n}{target.suffix}")
+            n += 1
+        if unique != folder / f"{src.stem}{suffix}{EXTENSIONS[fmt]}":
+            log.info("%s -> %s (another input has the same name)", src, unique)
+        taken.add(unique)
+        items.append(Item(src, unique, fmt))
+    return items
 
 
 def mask_for(path: Path, explicit: Path | None) -> Path:
     if explicit is not None:
         return explicit
-    for suffix in sorted(IMAGE_SUFFIXES):
+    for suffix in IMAGE_SUFFIXES:
         candidate = path.with_name(f"{path.stem}.mask{suffix}")
         if candidate.is_file():
             return candidate
-    raise ServiceError("missing_mask", f"no mask for {path} (expected {path.stem}.mask.png or --mask)")
+    raise FileError("missing_mask", f"no mask for {path} (expected {path.stem}.mask.png or --mask)")
 
 
-def progress(done: int, total: int, started: float, name: str, quiet: bool) -> None:
-    if quiet:
-        return
-    width = 30
-    filled = width * done // max(total, 1)
-    rate = done / max(time.perf_counter() - started, 1e-9)
-    bar = "#" * filled + "-" * (width - filled)
-    sys.stderr.write(f"\r[{bar}] {done}/{total} {rate:.2f} img/s {name[:40]:<40}")
-    if done == total:
-        sys.stderr.write("\n")
-    sys.stderr.flush()
+# --- the model call: one function per way of restoring ---------------------------------------------
+def local_restorer(args: argparse.Namespace) -> Restorer:
+    """Load the task's model in this process (the service's own pieces) and return its restore function."""
+    import torch
 
-
-def main(argv: list[str]) -> int:
-    args = _parse(argv)
     from service.engine import Engine, EngineLimits, Job
+    from service.errors import ServiceError, StartupError
+    from service.imaging import decode_image, decode_mask, encode_image
     from service.runtime.devices import configure_inference_thread, resolve_device
     from service.runtime.loader import default_task_settings, load_backend
     from service.server import load_settings
     from service.settings import TaskSettings
 
-    try:
-        settings = load_settings({})
-        specs = settings.tasks or default_task_settings()
-        if args.checkpoint is not None:
-            key = "artifact" if args.checkpoint.suffix in (".onnx", ".ts") else "checkpoint"
-            specs = {**specs, args.task: TaskSettings(**{key: args.checkpoint})}
-        if args.task not in specs:
-            raise StartupError(f"unknown task {args.task!r}; configured: {', '.join(specs)}")
-        backend = load_backend(args.task, specs[args.task], settings, resolve_device(settings.device))
-    except (StartupError, RuntimeError, ValueError) as exc:
-        print(f"diffir-serve restore: {exc}", file=sys.stderr)
-        return 1
+    overrides: dict[str, object] = {"device": args.device}
+    if args.tile is not None:
+        no_tiles = args.tile == 0
+        overrides.update(
+            tile_threshold_pixels=2**62 if no_tiles else args.tile * args.tile,
+            **({} if no_tiles else {"tile_size": args.tile, "tile_overlap": min(32, (args.tile - 1) // 4)}),
+        )
+    settings = load_settings(overrides)
+    specs = settings.tasks or default_task_settings()
+    if args.checkpoint is not None:
+        key = "artifact" if args.checkpoint.suffix in (".onnx", ".ts") else "checkpoint"
+        specs = {**specs, args.task: TaskSettings(**{key: args.checkpoint})}
+    if args.task not in specs:
+        raise StartupError(f"unknown task {args.task!r}; configured: {', '.join(specs)}")
+    backend = load_backend(args.task, specs[args.task], settings, resolve_device(settings.device))
     s = settings
     engine = Engine(
         args.task,
@@ -98,10 +170,8 @@ def main(argv: list[str]) -> int:
         EngineLimits(s.tile_size, s.tile_overlap, s.tile_threshold_pixels, s.bucket_multiple, s.prior_max_pixels),
     )
     configure_inference_thread()
-    files = collect(args.inputs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    failures, started = 0, time.perf_counter()
-    for i, path in enumerate(files):
+
+    def restore(path: Path, mask: Path | None, fmt: str) -> bytes:
         try:
             image = decode_image(
                 path.read_bytes(),
@@ -109,22 +179,121 @@ def main(argv: list[str]) -> int:
                 scale=backend.info.scale,
                 max_output_pixels=s.max_output_pixels,
             )
-            mask = None
+            holes = None
             if backend.info.needs_mask:
-                holes = decode_mask(
-                    mask_for(path, args.mask).read_bytes(),
-                    image.size,
-                    threshold=s.mask_threshold,
-                    max_pixels=s.max_input_pixels,
-                )
-                mask = torch.from_numpy(holes)[None, None]
-            job = Job(torch.from_numpy(image.take_pixels()).permute(2, 0, 1)[None], mask, args.seed)
+                mask_data = mask_for(path, mask).read_bytes()
+                found = decode_mask(mask_data, image.size, threshold=s.mask_threshold, max_pixels=s.max_input_pixels)
+                holes = torch.from_numpy(found)[None, None]
+            job = Job(torch.from_numpy(image.take_pixels()).permute(2, 0, 1)[None], holes, args.seed)
             (out,) = engine.run_batch([job])
-            fmt = choose_format(args.format, image)
-            data, _ = encode_image(out[0].permute(1, 2, 0).numpy(), image, fmt, quality=args.quality)
-            (args.out / f"{path.stem}{EXTENSIONS[fmt]}").write_bytes(data)
-        except (ServiceError, OSError) as exc:
-            failures += 1
-            sys.stderr.write(f"\n{path}: {getattr(exc, 'code', 'error')}: {exc}\n")
-        progress(i + 1, len(files), started, path.name, args.quiet)
-    return 1 if failures else 0
+            data, _ = encode_image(
+                out[0].permute(1, 2, 0).numpy(), image, fmt, quality=args.quality, png_level=s.png_compress_level
+            )
+            return data
+        except ServiceError as exc:
+            raise FileError(exc.code, str(exc)) from None
+
+    return restore
+
+
+def remote_restorer(args: argparse.Namespace) -> Restorer:
+    """Send each file to a running server (`service.client`: httpx only)."""
+    from service.client import Client, ClientError
+
+    client = Client(args.server, api_key=args.api_key)
+    tasks = {t["name"]: t for t in client.tasks()}
+    if args.task not in tasks:
+        raise FileError("unknown_task", f"the server at {args.server} has no task {args.task!r}")
+    needs_mask = bool(tasks[args.task].get("needs_mask"))
+
+    def restore(path: Path, mask: Path | None, fmt: str) -> bytes:
+        mask_path = mask_for(path, mask) if needs_mask else None
+        try:
+            return client.restore(
+                args.task, path, mask=mask_path, seed=args.seed, format=fmt, quality=args.quality
+            ).data
+        except ClientError as exc:
+            raise FileError(exc.code, exc.message) from None
+
+    return restore
+
+
+def make_restorer(args: argparse.Namespace) -> Restorer:
+    return remote_restorer(args) if args.server else local_restorer(args)
+
+
+# --- the run ---------------------------------------------------------------------------------------
+def _configure_output(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if quiet else logging.INFO)
+    log.propagate = False
+
+
+def run(args: argparse.Namespace, items: list[Item], restore: Restorer) -> int:
+    """Restore every item, going on past failures; 0 when all succeeded, 1 otherwise."""
+    failed: list[tuple[Path, str]] = []
+    done = skipped = 0
+    started = time.perf_counter()
+    # A live bar only on a terminal (tqdm's disable=None); elsewhere one plain line per file, no carriage returns.
+    bar = tqdm(total=len(items), unit="img", disable=None if not args.quiet else True, file=sys.stderr)
+    plain = bar.disable and not args.quiet
+    for i, item in enumerate(items, 1):
+        if args.skip_existing and item.target.exists():
+            skipped += 1
+            outcome = "skipped (exists)"
+        else:
+            try:
+                data = restore(item.source, args.mask, item.fmt)
+                item.target.parent.mkdir(parents=True, exist_ok=True)
+                item.target.write_bytes(data)
+                done += 1
+                outcome = f"-> {item.target}"
+            except Exception as exc:  # this file failed (bad image, model error, server gone): report, go on
+                why = f"{getattr(exc, 'code', type(exc).__name__)}: {exc}"
+                failed.append((item.source, why))
+                if bar.disable:
+                    log.warning("%d/%d %s failed: %s", i, len(items), item.source, why)
+                else:
+                    bar.write(f"{item.source} failed: {why}", file=sys.stderr)
+                outcome = ""
+        bar.update(1)
+        if plain and outcome:
+            log.info("%d/%d %s %s", i, len(items), item.source, outcome)
+    bar.close()
+    seconds = time.perf_counter() - started
+    summary = f"{done} restored, {skipped} skipped, {len(failed)} failed of {len(items)} in {seconds:.1f} s"
+    if failed:
+        log.error("%s:\n%s", summary, "\n".join(f"  {path}: {why}" for path, why in failed))
+        return 1
+    log.log(logging.WARNING if args.quiet else logging.INFO, summary)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(list(sys.argv[1:] if argv is None else argv))
+    _configure_output(args.quiet)
+    missing = [str(p) for p in args.inputs if not p.exists()]
+    if missing:
+        log.error("diffir-restore: no such file or folder: %s", ", ".join(missing))
+        return 2
+    items = plan(args.inputs, args.out, args.suffix, args.format)
+    if not items:
+        log.error("diffir-restore: no images (%s) in %s", " ".join(IMAGE_SUFFIXES), " ".join(map(str, args.inputs)))
+        return 2
+    existing = [i.target for i in items if i.target.exists()]
+    if existing and not (args.overwrite or args.skip_existing):
+        shown = ", ".join(map(str, existing[:3])) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        log.error("diffir-restore: %s already exist(s); pass --overwrite or --skip-existing", shown)
+        return 2
+    try:
+        restore = make_restorer(args)
+    except Exception as exc:  # start-up faults: one line, like the server's
+        log.error("diffir-restore: %s", exc)
+        return 1
+    return run(args, items, restore)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -185,7 +185,7 @@ def test_local_cli_matches_the_server(checkpoints, tmp_path: Path) -> None:
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "3/3" in done.stderr  # the progress bar reached the end
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.jpg", "c.png"]
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.*")) == ["a.png", "c.png", "sub/b.jpg"]
     srv = Server(env)
     try:
         srv.wait_ready()
