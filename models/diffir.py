@@ -62,12 +62,20 @@ class DiffIRS2(nn.Module):
         return self.condition(cpen_s2_input(self.config, lq))
 
     def prior_trajectory(self, lq: torch.Tensor, noise: torch.Tensor) -> list[StepRecord]:
-        """Every reverse step from x_T = `noise` (for inspection and parity tests)."""
-        return self.diffusion.reverse(self.condition_vector(lq), noise.to(lq))
+        """Every reverse step from x_T = `noise` (for inspection and parity tests).
+
+        `type_as`, not `.to(lq)`: a trace records the latter's device as a constant."""
+        return self.diffusion.reverse(self.condition_vector(lq), noise.type_as(lq))
 
     def prior(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The estimated IPR: CPEN_S2 + 4 denoiser steps from x_T = `noise`."""
         return self.prior_trajectory(lq, noise)[-1].z_out
+
+    def prior_windowed(self, lq: torch.Tensor, noise: torch.Tensor, window: int) -> torch.Tensor:
+        """`prior` in bounded memory for very large inputs: CPEN's trunk runs on `window`-edge
+        windows (at CPEN resolution); exact up to float summation order (`CPEN.forward_windowed`)."""
+        condition = self.condition.forward_windowed(cpen_s2_input(self.config, lq), window)
+        return self.diffusion.reverse(condition, noise.to(lq))[-1].z_out
 
     def restore(self, lq: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
         """DIRformer(lq, ipr): the restorer half."""

@@ -124,7 +124,9 @@ class IPRDiffusion(nn.Module):
         records = []
         z = z_start
         for t in range(self.timesteps - 1, -1, -1):
-            t_batch = torch.full((z.shape[0],), t, dtype=torch.long, device=z.device)
+            # From `z`, never `device=z.device`: a trace records a device as a constant, so a graph
+            # traced on the CPU would build this tensor on the CPU when it runs on CUDA.
+            t_batch = z.new_full((z.shape[0],), t, dtype=torch.long)
             x0 = self.model(z, t_batch, condition)
             z_next = self.posterior_mean_coef1[t] * x0 + self.posterior_mean_coef2[t] * z
             records.append(StepRecord(t, z, x0, z_next))
