@@ -65,3 +65,27 @@ train-defaults: $(STAMP)
 	$(PY) -m training.defaults train --parallel
 	$(PY) -m training.defaults ship
 	for t in deblur sr-x4 inpaint; do $(PY) -m training evaluate --task $$t --out runs/defaults/$$t/eval || exit 1; done
+
+# Serving images, tagged as k8s/ deploys them: $(IMAGE):$(VERSION)-cuda (k8s/base) and -cpu (k8s/overlays/cpu).
+# `make image` builds both (Docker with BuildKit), `make image-push` also pushes them (.github/workflows/release.yml
+# runs it on a version tag). Another registry: `make image-push IMAGE=registry.example.com/diffir-serve`, then
+# point kustomize's `images:` at it (README, Deployment).
+IMAGE   ?= ghcr.io/diffir-serve/diffir-serve
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+DOCKER  ?= docker
+
+.PHONY: image image-cpu image-cuda image-push print-version
+image: image-cpu image-cuda
+
+image-cpu:
+	$(DOCKER) build -f docker/Dockerfile.cpu --target serve -t $(IMAGE):$(VERSION)-cpu .
+
+image-cuda:
+	$(DOCKER) build -f docker/Dockerfile.cuda --target serve -t $(IMAGE):$(VERSION)-cuda .
+
+image-push: image
+	$(DOCKER) push $(IMAGE):$(VERSION)-cpu
+	$(DOCKER) push $(IMAGE):$(VERSION)-cuda
+
+print-version:
+	@echo $(VERSION)
