@@ -25,8 +25,12 @@ def _train(stage: int, argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = ("stage1", "stage2", "evaluate", "probe", "export")
+    usage = f"usage: python -m training {{{'|'.join(commands)}}} [options]   (each takes --help)"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(usage)
+        return 0
     if not argv or argv[0] not in commands:
-        print(f"usage: python -m training {{{'|'.join(commands)}}} [options]   (each takes --help)", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     cmd, rest = argv[0], argv[1:]
     if cmd in ("stage1", "stage2"):
