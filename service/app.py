@@ -5,8 +5,8 @@ report start-up faults in one line before binding the port), starts one batcher 
 every task in the background (`/readyz` turns 200 afterwards), and on shutdown drains: new
 requests are refused while queued and running ones finish, within `DIFFIR_DRAIN_SECONDS`.
 
-`/docs` (Swagger UI) and `/redoc` load their scripts and styles from this server (the assets ship in
-the `fastapi-offline` package), so they work on an air-gapped cluster. Cross-origin browser calls are
+`/docs` (Swagger UI) loads its scripts and styles from this server (the assets ship in the
+`fastapi-offline` package), so it works on an air-gapped cluster. Cross-origin browser calls are
 allowed only for the origins in `DIFFIR_CORS_ORIGINS` (none by default).
 """
 
@@ -191,6 +191,7 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
         static_url=DOCS_ASSETS,
+        redoc_url=None,  # ReDoc's page fetches its logo from a CDN; Swagger UI at /docs is fully local
         redirect_slashes=False,  # a 307 would build its Location from the client's Host header
     )
     app.state.settings = settings

@@ -90,7 +90,8 @@ async def test_metrics_include_process_and_python_collectors(checkpoints) -> Non
 
 async def test_docs_load_every_asset_from_this_server(checkpoints) -> None:
     async for live in await _live(checkpoints):
-        for page in ("/docs", "/redoc"):
+        assert (await live.client.get("/redoc")).status_code == 404  # ReDoc would fetch its logo from a CDN
+        for page in ("/docs",):
             html = (await live.client.get(page)).text
             urls = re.findall(r'(?:src|href)="([^"]+)"', html)
             assert urls, html
