@@ -221,6 +221,8 @@ def test_grafana_dashboard_configmap_is_the_compose_json(rendered, name):
     names = {r["metadata"]["name"]: r for r in rendered[name] if r["kind"] == "ConfigMap"}
     cm = names["diffir-grafana-dashboard"]
     assert cm["data"] == {"diffir.json": DASHBOARD.read_text()}
+    # `kubectl apply` copies the object into an annotation limited to 256 KiB in all.
+    assert len(yaml.safe_dump(cm)) < 200_000
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
 
 
