@@ -277,9 +277,11 @@ def running_nginx(root: Path, site_conf: str, port: int, binary: str) -> Iterato
     if os.geteuid() == 0:  # workers would otherwise run as `nobody`, which cannot enter pytest's 0700 tmp dirs
         main = "user root root;\n" + main
     (root / "nginx.conf").write_text(main)
-    check = subprocess.run([binary, "-t", "-p", str(root), "-c", str(root / "nginx.conf")], capture_output=True)
+    # -e: the start-up error log too stays under `root` (the default is /var/log/nginx).
+    args = ["-p", str(root), "-c", str(root / "nginx.conf"), "-e", str(root / "error.log")]
+    check = subprocess.run([binary, "-t", *args], capture_output=True)
     assert check.returncode == 0, check.stderr.decode()
-    proc = Process([binary, "-p", str(root), "-c", str(root / "nginx.conf")], root / "nginx.out")
+    proc = Process([binary, *args], root / "nginx.out")
 
     def listening() -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
