@@ -1,34 +1,35 @@
-"""Model-core speed benchmark (`make bench`): deblur preset, eager / TorchScript / ONNX Runtime.
+"""Speed of the default path (`make bench`) -> bench/results/speed-default.{json,md}.
 
-Every variant runs in ONE process with the same allocator, round-robin per repetition, so the
-machine's background load hits them alike; we report min and median per image. The baseline is
-the upstream op sequence over the same weights (`bench.reference_ops`), checked to agree with
-ours to float32 rounding before anything is timed.
+For every shipped task, every candidate `DIFFIR_BACKEND=auto` considers on this machine (plus
+TorchScript, for comparison) is timed at each output size, in ONE process, round-robin per
+repetition so the shared machine's background load hits them alike; min and median per image,
+PSNR of the output against fp32 eager, achieved GFLOP/s and its share of this machine's
+measured matmul peak. Then what `auto` picks (the same tuner the service runs at start-up),
+the official `deblur` preset at 256² (random weights: the size users would train), and a large
+image restored tile by tile through the service's engine with the chosen backend.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import math
 import os
-import platform
 import statistics
-import tempfile
 import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.reference_ops import reference_forward
-from models import DiffIRS2, get_preset, save_checkpoint
+from models import DiffIRS2, get_preset, load_model
+from models.tasks import TASKS
 
-
-def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(reps))
-    return 2 * n**3 / best / 1e9
+log = logging.getLogger("bench.speed")
 
 
 def _timed(fn) -> float:
@@ -37,225 +38,306 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
-def count_macs(fn) -> float:
+def machine_peak(threads: int, n: int = 2048, reps: int = 3) -> dict[str, float]:
+    """Best-of-`reps` dense matmul GFLOP/s in fp32 (and bf16 where the CPU has bf16 units)."""
+    from service.runtime.loader import low_precisions
+
+    peaks = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if name == "bf16" and "bf16" not in low_precisions(torch.device("cpu")):
+            continue
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b
+        peaks[name] = 2 * n**3 / min(_timed(lambda a=a, b=b: a @ b) for _ in range(reps)) / 1e9
+    return peaks
+
+
+def count_flops(fn) -> float:
     with FlopCounterMode(display=False) as counter:
         fn()
-    return counter.get_total_flops() / 2
+    return float(counter.get_total_flops())
 
 
-def build_model(variant: str, seed: int = 0) -> DiffIRS2:
+def psnr(out: torch.Tensor, ref: torch.Tensor) -> float:
+    from service.runtime.autotune import psnr_db
+
+    return psnr_db(out, ref)
+
+
+def _candidates(checkpoint: Path, cache: Path, threads: int):
+    """What auto times on this machine, plus TorchScript for comparison."""
+    from service.runtime.autotune import Candidate
+    from service.runtime.loader import _exported, auto_candidates
+    from service.settings import Settings, TaskSettings
+
+    settings = Settings(backend="auto", cache_dir=cache, torch_threads=threads)
+    spec = TaskSettings(checkpoint=checkpoint)
+    cpu = torch.device("cpu")
+    found = auto_candidates(checkpoint, spec, settings, cpu)
+    ts = partial(_exported, checkpoint, spec, "torchscript", settings, cpu)
+    return [*found, Candidate("torchscript-fp32", "torchscript", "fp32", ts)], settings
+
+
+def bench_task(task_name: str, sides: list[int], reps: int, cache: Path, threads: int, peak: float) -> dict:
+    from service.runtime.autotune import tune
+    from service.runtime.loader import tuning_input
+
+    task = TASKS[task_name]
+    checkpoint = task.default_checkpoint_path()
+    assert checkpoint is not None
+    net = load_model(checkpoint).eval()
+    candidates, settings = _candidates(checkpoint, cache, threads)
+    backends = {}
+    for cand in candidates:
+        started = time.perf_counter()
+        try:
+            backends[cand.label] = (cand, cand.build())
+        except Exception as exc:
+            log.warning("%s %s unavailable: %s", task_name, cand.label, exc)
+            continue
+        log.info("%s %s built in %.1f s", task_name, cand.label, time.perf_counter() - started)
+    rows = []
+    for side in sides:
+        lq, noise = tuning_input(net.config, side)
+        with torch.inference_mode():
+            flops = count_flops(lambda lq=lq, noise=noise: net(lq, noise=noise))
+        outputs = {label: b.run(lq, noise) for label, (_, b) in backends.items()}  # warm-up
+        ref = outputs["torch-fp32"]
+        times: dict[str, list[float]] = {label: [] for label in backends}
+        for _ in range(reps):
+            for label, (_, b) in backends.items():
+                times[label].append(_timed(lambda b=b, lq=lq, noise=noise: b.run(lq, noise)))
+        base = statistics.median(times["torch-fp32"])
+        for label, (cand, _) in backends.items():
+            t = times[label]
+            row = {
+                "task": task_name,
+                "preset": net.config.name,
+                "candidate": label,
+                "backend": cand.backend,
+                "precision": cand.precision,
+                "output": side,
+                "input": list(lq.shape[-2:]),
+                "min_s": min(t),
+                "median_s": statistics.median(t),
+                "reps": len(t),
+                "speedup_vs_fp32_eager_median": base / statistics.median(t),
+                "psnr_vs_fp32_db": psnr(outputs[label], ref),
+                "gflop": flops / 1e9,
+                "gflops_min": flops / min(t) / 1e9,
+            }
+            row["fraction_of_peak"] = row["gflops_min"] / peak
+            rows.append(row)
+            log.info(
+                "%s %4d² %-18s min %.3f med %.3f x%.2f %.1f dB",
+                task_name, side, label, row["min_s"], row["median_s"],
+                row["speedup_vs_fp32_eager_median"], row["psnr_vs_fp32_db"],
+            )  # fmt: skip
+    del backends
+    auto_cands = [c for c in candidates if c.label != "torchscript-fp32"]
+    _, tuning = tune(auto_cands, tuning_input(net.config, settings.autotune_size))
+    return {"rows": rows, "auto": tuning.as_dict()}
+
+
+def build_random(variant: str, seed: int = 0) -> DiffIRS2:
+    """A preset with random weights whose norms/temperatures are not trivial (every parameter matters)."""
     torch.manual_seed(seed)
     net = DiffIRS2(get_preset(variant)).eval()
-    with torch.no_grad():  # non-trivial norms/temperatures so every parameter matters
+    with torch.no_grad():
         for name, p in net.named_parameters():
             if name.endswith(("body.weight", "temperature")):
                 p.uniform_(0.5, 1.5)
     return net
 
 
-def make_runners(net: DiffIRS2, workdir: Path, threads: int):
-    import onnxruntime as ort
+def bench_official_preset(side: int, reps: int, cache: Path, threads: int, peak: float) -> list[dict]:
+    """The official `deblur` preset at `side`², batch 1: upstream op sequence, ours eager, ONNX Runtime."""
+    from models import save_checkpoint
+    from service.runtime.loader import _exported
+    from service.settings import Settings, TaskSettings
 
-    from training.export import ExportOptions, export
-
-    ckpt = save_checkpoint(net, workdir / "bench")
-    export(ckpt, workdir, "bench", ExportOptions(graphs=("full",), check_batches=(1,)))
-    ts = torch.jit.load(str(workdir / "bench.full.ts"))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    sess = ort.InferenceSession(str(workdir / "bench.full.onnx"), opts, providers=["CPUExecutionProvider"])
-    return {
-        "official-style eager (NCHW)": lambda lq, z: reference_forward(net, lq, z),
-        "ours eager (NHWC, fused)": lambda lq, z: net(lq, noise=z),
-        "ours TorchScript (frozen)": lambda lq, z: ts(lq, z),
-        "ours ONNX Runtime CPU": lambda lq, z: torch.from_numpy(
-            sess.run(None, {"lq": lq.numpy(), "noise": z.numpy()})[0]
-        ),
-    }
-
-
-def bench_shipped(workdir: Path, threads: int, reps: int, out_side: int = 512) -> list[dict]:
-    """Per-image time of each shipped default model for a `out_side`² output, every backend."""
-    import onnxruntime as ort
-
-    from models import load_model
-    from models.tasks import TASKS
-    from training.export import ExportOptions, export
-
-    rows = []
-    for task in TASKS.values():
-        ckpt = task.default_checkpoint_path()
-        if ckpt is None or not ckpt.is_file():
-            continue
-        net = load_model(ckpt)
-        export(ckpt, workdir, task.name, ExportOptions(graphs=("full",), check_batches=(1,)))
-        ts = torch.jit.load(str(workdir / f"{task.name}.full.ts"))
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        sess = ort.InferenceSession(str(workdir / f"{task.name}.full.onnx"), opts, providers=["CPUExecutionProvider"])
-        side = out_side // task.scale
-        lq = torch.rand(1, net.config.image_channels, side, side, generator=torch.Generator().manual_seed(1))
-        if task.needs_mask:  # a real input: binary mask (a quarter of the image a hole), RGB zeroed in it
-            hole = torch.zeros(1, 1, side, side)
-            hole[..., side // 4 : 3 * side // 4, side // 4 : 3 * side // 4] = 1
-            lq = torch.cat([lq[:, :3] * (1 - hole), hole], dim=1)
-        z = torch.randn(1, 256, generator=torch.Generator().manual_seed(2))
-        macs = count_macs(lambda net=net, lq=lq, z=z: net(lq, noise=z))
+    net = build_random("deblur")
+    checkpoint = save_checkpoint(net, cache / "official-deblur-random")
+    onnx = _exported(checkpoint, TaskSettings(checkpoint=checkpoint), "onnxruntime",
+                     Settings(cache_dir=cache, torch_threads=threads), torch.device("cpu"))  # fmt: skip
+    lq = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(side))
+    z = torch.randn(1, 256, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        flops = count_flops(lambda: net(lq, noise=z))
         runners = {
-            "eager": lambda net=net, lq=lq, z=z: net(lq, noise=z),
-            "torchscript": lambda ts=ts, lq=lq, z=z: ts(lq, z),
-            "onnxruntime": lambda sess=sess, lq=lq, z=z: sess.run(None, {"lq": lq.numpy(), "noise": z.numpy()}),
+            "official-style eager": lambda: reference_forward(net, lq, z),
+            "torch-fp32": lambda: net(lq, noise=z),
+            "onnxruntime-fp32": lambda: onnx.run(lq, z),
         }
-        times: dict[str, list[float]] = {name: [] for name in runners}
-        for run in runners.values():
-            run()  # warm-up
+        ref = runners["official-style eager"]()
+        outs = {k: f() for k, f in runners.items()}
+        times: dict[str, list[float]] = {k: [] for k in runners}
         for _ in range(reps):
-            for name, run in runners.items():
-                times[name].append(_timed(run))
-        for name, ts_ in times.items():
-            rows.append(
-                {
-                    "task": task.name,
-                    "preset": net.config.name,
-                    "backend": name,
-                    "output": f"{out_side}²",
-                    "min_s": min(ts_),
-                    "median_s": statistics.median(ts_),
-                    "gmacs": macs / 1e9,
-                }
-            )
-            print(
-                f"shipped {task.name:8s} {name:12s} min {min(ts_):.3f}s med {statistics.median(ts_):.3f}s", flush=True
-            )
+            for k, f in runners.items():
+                times[k].append(_timed(f))
+    rows = []
+    for k, t in times.items():
+        rows.append(
+            {
+                "candidate": k,
+                "output": side,
+                "min_s": min(t),
+                "median_s": statistics.median(t),
+                "psnr_vs_fp32_db": psnr(outs[k], ref),
+                "gflop": flops / 1e9,
+                "gflops_min": flops / min(t) / 1e9,
+                "fraction_of_peak": flops / min(t) / 1e9 / peak,
+            }
+        )
+        log.info("official deblur %d² %-22s min %.3f med %.3f", side, k, min(t), statistics.median(t))
     return rows
 
 
-def shipped_table(shipped: list[dict], reps: int) -> list[str]:
+def bench_large(side: int, tiles: list[int], cache: Path, threads: int, chosen: str) -> list[dict]:
+    """One `side`² deblur through the engine (tiles, global IPR) with the auto-chosen backend, per tile size."""
+    from service.engine import Engine, EngineLimits, Job
+    from service.runtime.loader import tuning_input
+
+    checkpoint = TASKS["deblur"].default_checkpoint_path()
+    assert checkpoint is not None
+    candidates, _ = _candidates(checkpoint, cache, threads)
+    backend = next(c for c in candidates if c.label == chosen).build()
+    image = tuning_input(load_model(checkpoint).config, side)[0]
+    rows = []
+    for tile in tiles:
+        engine = Engine("deblur", backend, EngineLimits(tile, 32, 1024 * 1024, 0))
+        seconds = _timed(lambda engine=engine: engine.run_batch([Job(image, None, seed=0)]))
+        rows.append({"task": "deblur", "candidate": chosen, "side": side, "tile": tile, "seconds": seconds})
+        log.info("large %d² tile %d: %.1f s", side, tile, seconds)
+    return rows
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON has no infinity: an exact match (PSNR inf) is written as "inf"."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _db(value: Any) -> str:
+    return "exact" if value in ("inf", math.inf) else f"{float(value):.1f} dB"
+
+
+def _md(report: dict[str, Any]) -> str:
+    meta = report["meta"]
+    peak = meta["peak_gflops"]
     lines = [
-        f"## Shipped default models, 512² output ({reps} reps, batch 1)",
+        "# Speed of the default path",
         "",
-        "| task | preset | backend | min s | median s | GMAC |",
-        "|---|---|---|---|---|---|",
+        f"Measured {meta['date']} by `make bench` (`python -m bench.speed`), {meta['threads']} threads, on "
+        f"{meta['machine']['cpu']} ({meta['machine']['cores']} cores, ISA: {', '.join(meta['machine']['isa'])}), "
+        f"torch {meta['torch']}, onnxruntime {meta['onnxruntime']}. Matmul peak measured here: "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items())
+        + f". Load average before / after: {meta['loadavg_before'][0]:.1f} / {meta['loadavg_after'][0]:.1f} "
+        "(the machine is shared; variants run round-robin in one process, min is the least disturbed run).",
+        "",
+        "## What `DIFFIR_BACKEND=auto` picks here",
+        "",
+        "| task | chosen | tuning input | candidates (min s on it, dB vs fp32) |",
+        "|---|---|---|---|",
     ]
-    return lines + [
-        f"| {r['task']} | {r['preset']} | {r['backend']} | {r['min_s']:.3f} | {r['median_s']:.3f} | {r['gmacs']:.1f} |"
-        for r in shipped
+    for task, entry in report["tasks"].items():
+        auto = entry["auto"]
+        cands = "; ".join(
+            f"{t['label']} {t['seconds']:.3f} s, {_db(t['psnr_db'])}" + ("" if t["accepted"] else " (rejected)")
+            if t["seconds"] is not None
+            else f"{t['label']}: {t['note']}"
+            for t in auto["trials"]
+        )
+        lines.append(f"| {task} | **{auto['chosen']}** | {auto['input_size'][0]}² | {cands} |")
+    lines += [
+        "",
+        "## Every candidate, shipped models (per image, batch 1)",
+        "",
+        "| task | output | candidate | min s | median s | vs fp32 eager (median) | PSNR vs fp32 | GFLOP "
+        "| GFLOP/s (min) | of fp32 peak |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-
-
-def shipped_only(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-        shipped = bench_shipped(Path(tmp), args.threads, args.reps)
-    meta = {"threads": args.threads, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M"),
-            "loadavg_after": os.getloadavg()}  # fmt: skip
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed-shipped.json").write_text(json.dumps({"meta": meta, "shipped": shipped}, indent=2) + "\n")
-    head = [f"# Shipped models at 512², {args.threads} threads", "", f"Measured {meta['date']} by "
-            f"`python -m bench.speed --shipped-only`; load average after: "
-            f"{', '.join(f'{x:.2f}' for x in meta['loadavg_after'])}.", ""]  # fmt: skip
-    (args.out / "speed-shipped.md").write_text("\n".join(head + shipped_table(shipped, args.reps)) + "\n")
-    return 0
+    for entry in report["tasks"].values():
+        for r in entry["rows"]:
+            db = _db(r["psnr_vs_fp32_db"])
+            lines.append(
+                f"| {r['task']} | {r['output']}² | {r['candidate']} | {r['min_s']:.3f} | {r['median_s']:.3f} | "
+                f"{r['speedup_vs_fp32_eager_median']:.2f}× | {db} | {r['gflop']:.1f} | {r['gflops_min']:.0f} | "
+                f"{r['fraction_of_peak']:.0%} |"
+            )
+    if report.get("official"):
+        lines += [
+            "",
+            "## Official `deblur` preset, 256², batch 1 (random weights)",
+            "",
+            "| path | min s | median s | PSNR vs official-style | GFLOP/s (min) | of fp32 peak |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in report["official"]:
+            db = _db(r["psnr_vs_fp32_db"])
+            lines.append(
+                f"| {r['candidate']} | {r['min_s']:.3f} | {r['median_s']:.3f} | {db} | {r['gflops_min']:.0f} | "
+                f"{r['fraction_of_peak']:.0%} |"
+            )
+    if report.get("large"):
+        lines += ["", "## A large deblur through the engine (tiles + one global IPR)", "",
+                  "| input | backend | tile | seconds |", "|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {r['side']}² | {r['candidate']} | {r['tile']} | {r['seconds']:.1f} |" for r in report["large"]]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
-    parser.add_argument("--variant", default="deblur")
-    parser.add_argument("--sizes", default="128,256")
-    parser.add_argument("--batches", default="1,4")
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--reps-large", type=int, default=3, help="repetitions for 256^2 and above")
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--sizes", default="256,512", help="output edges")
+    parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--skip-shipped", action="store_true", help="skip the shipped-model 512² timings")
-    parser.add_argument(
-        "--shipped-only", action="store_true", help="only the shipped-model timings, into speed-shipped.{json,md}"
-    )
+    parser.add_argument("--official-side", type=int, default=256, help="0 skips the official preset")
+    parser.add_argument("--large-side", type=int, default=0, help="e.g. 2048: a tiled deblur of this size")
+    parser.add_argument("--tiles", default="512")
+    parser.add_argument("--cache", type=Path, help="cache folder for exports (default: the service's)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
-    if args.shipped_only:
-        return shipped_only(args)
-    net = build_model(args.variant)
-    ceiling = matmul_gflops()
-    results = []
-    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-        runners = make_runners(net, Path(tmp), args.threads)
-        for size in (int(s) for s in args.sizes.split(",")):
-            lq1 = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size))
-            macs = count_macs(lambda lq1=lq1: reference_forward(net, lq1, torch.zeros(1, 256)))
-            for batch in (int(b) for b in args.batches.split(",")):
-                lq = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(size + batch))
-                z = torch.randn(batch, 256, generator=torch.Generator().manual_seed(batch))
-                ref = reference_forward(net, lq, z)
-                errors, times = {}, {name: [] for name in runners}
-                for name, run in runners.items():  # warm-up + agreement with the baseline
-                    out = run(lq, z)
-                    errors[name] = ((out - ref).abs().max() / ref.abs().max()).item()
-                reps = args.reps if size < 256 else args.reps_large
-                for _ in range(reps):
-                    for name, run in runners.items():
-                        times[name].append(_timed(lambda run=run, lq=lq, z=z: run(lq, z)) / batch)
-                base = statistics.median(times["official-style eager (NCHW)"])
-                for name, ts in times.items():
-                    row = {
-                        "variant": name,
-                        "size": size,
-                        "batch": batch,
-                        "min_s": min(ts),
-                        "median_s": statistics.median(ts),
-                        "reps": len(ts),
-                        "rel_err_vs_baseline": errors[name],
-                        "speedup_vs_baseline_median": base / statistics.median(ts),
-                        "gmacs_per_image": macs / 1e9,
-                        "gflops_achieved_min": 2 * macs / min(ts) / 1e9,
-                    }
-                    row["fraction_of_matmul_ceiling"] = row["gflops_achieved_min"] / ceiling
-                    results.append(row)
-                    print(
-                        f"{size:4d}² b{batch} {name:30s} min {row['min_s']:.3f}s med {row['median_s']:.3f}s "
-                        f"x{row['speedup_vs_baseline_median']:.2f} err {errors[name]:.1e}",
-                        flush=True,
-                    )
-    shipped = []
-    if not args.skip_shipped:
-        with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-            shipped = bench_shipped(Path(tmp), args.threads, args.reps)
-    meta = {
-        "model": args.variant,
+    torch.set_flush_denormal(True)
+    import onnxruntime
+
+    from service.runtime.devices import cpu_fingerprint
+
+    before = os.getloadavg()
+    peak = machine_peak(args.threads)
+    report: dict[str, Any] = {"tasks": {}}
+    from service.runtime.cache import cache_root
+
+    cache = cache_root(args.cache)
+    for task in args.tasks.split(","):
+        sides = [int(s) for s in args.sizes.split(",")]
+        report["tasks"][task] = bench_task(task, sides, args.reps, cache, args.threads, peak["fp32"])
+    if args.official_side:
+        report["official"] = bench_official_preset(args.official_side, args.reps, cache, args.threads, peak["fp32"])
+    if args.large_side and "deblur" in report["tasks"]:
+        chosen = report["tasks"]["deblur"]["auto"]["chosen"]
+        tiles = [int(t) for t in args.tiles.split(",")]
+        report["large"] = bench_large(args.large_side, tiles, cache, args.threads, chosen)
+    report["meta"] = {
         "threads": args.threads,
         "torch": torch.__version__,
-        "matmul_fp32_gflops_2048": ceiling,
-        "machine": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(),
-        "allocator": "jemalloc" if "jemalloc" in os.environ.get("LD_PRELOAD", "") else "glibc",
+        "onnxruntime": onnxruntime.__version__,
+        "machine": cpu_fingerprint(),
+        "peak_gflops": peak,
+        "loadavg_before": before,
         "loadavg_after": os.getloadavg(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(
-        json.dumps({"meta": meta, "results": results, "shipped": shipped}, indent=2) + "\n"
-    )
-    lines = [
-        f"# Model speed: `{args.variant}` preset, {args.threads} threads, {meta['allocator']} allocator",
-        "",
-        f"Measured {meta['date']} by `make bench` (bench/speed.py); per-image seconds, min / median over "
-        f"{args.reps} reps (128²) and {args.reps_large} reps (256²), variants round-robin in one process. "
-        f"fp32 matmul ceiling (2048³): {ceiling:.0f} GFLOP/s. Load average after: "
-        f"{', '.join(f'{x:.2f}' for x in meta['loadavg_after'])}.",
-        "",
-        "| size | batch | variant | min s | median s | speed-up (median) | GMAC/img | GFLOP/s (min) "
-        "| of ceiling | rel. err |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        lines.append(
-            f"| {r['size']}² | {r['batch']} | {r['variant']} | {r['min_s']:.3f} | {r['median_s']:.3f} | "
-            f"{r['speedup_vs_baseline_median']:.2f}× | {r['gmacs_per_image']:.2f} | {r['gflops_achieved_min']:.0f} | "
-            f"{r['fraction_of_matmul_ceiling']:.0%} | {r['rel_err_vs_baseline']:.1e} |"
-        )
-    if shipped:
-        lines += ["", *shipped_table(shipped, args.reps)]
-    (args.out / "speed.md").write_text("\n".join(lines) + "\n")
+    (args.out / "speed-default.json").write_text(json.dumps(_jsonable(report), indent=2, default=str) + "\n")
+    (args.out / "speed-default.md").write_text(_md(report))
     return 0
 
 

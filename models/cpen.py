@@ -54,6 +54,29 @@ class CPEN(nn.Module):
         feat = self.E(x.contiguous(memory_format=torch.channels_last))
         return self.mlp(feat.mean(dim=(2, 3)))
 
+    def forward_windowed(self, x: torch.Tensor, window: int) -> torch.Tensor:
+        """`forward` with the trunk run on overlapping `window`-edge windows: the same vector (up to
+        float summation order) without ever holding the whole image's feature maps.
+
+        The trunk is a stack of 3x3 convolutions followed by a global average pool, so windows with
+        a halo wider than its receptive field, cropped back and summed, give the exact pooled mean.
+        """
+        h, w = x.shape[-2:]
+        if h * w <= window * window:
+            return self(x)
+        convs = [m for m in self.E.modules() if isinstance(m, nn.Conv2d)]
+        halo = sum((m.kernel_size[0] - 1) // 2 * m.dilation[0] for m in convs)
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        for top in range(0, h, window):
+            for left in range(0, w, window):
+                bottom, right = min(top + window, h), min(left + window, w)
+                t0, l0 = max(top - halo, 0), max(left - halo, 0)
+                part = x[..., t0 : min(bottom + halo, h), l0 : min(right + halo, w)]
+                feat = self.E(part.contiguous(memory_format=torch.channels_last))
+                core = feat[..., top - t0 : bottom - t0, left - l0 : right - l0]
+                total = total + core.float().sum(dim=(2, 3))
+        return self.mlp((total / (h * w)).to(x.dtype))
+
 
 def _unshuffle(x: torch.Tensor, factor: int) -> torch.Tensor:
     return F.pixel_unshuffle(x, factor) if factor > 1 else x

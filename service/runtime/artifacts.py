@@ -1,35 +1,25 @@
-"""Exported graphs on disk: `<dir>/<name>.<graph>.<onnx|ts>` with a JSON sidecar each.
+"""Exported graphs on disk, read and verified against their sidecars.
 
-The sidecar (written by `python -m training export`; `<file>.json` is preferred when present, so
-an ONNX and a TorchScript export can share a folder) carries the checkpoint's fields (variant,
-config, ...) plus `graph`, `inputs`, `outputs`, `size_multiple` and the sha256 of the artifact
-itself. Configuring any one of a model's graphs finds its siblings, so the tiling pair
-(`prior` + `restorer`) is picked up without more settings.
+File names, graph names and the sidecar schema are the contract in `models.graphs`. `<file>.json`
+is preferred when present (so an ONNX and a TorchScript export can share a folder). Configuring
+any one of a model's graphs finds its siblings, so the tiling pair (`prior` + `restorer`) is
+picked up without more settings.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from models.checkpoint import sha256_file
+from models.graphs import GRAPHS, SIDECAR_REQUIRED, find_sidecar, parse_artifact_name, sibling_artifact
 from service.runtime.base import ModelInfo
-
-GRAPHS = ("full", "prior", "restorer")
 
 
 class ArtifactError(ValueError):
     """An artifact that cannot be served; the message names the file and the problem."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -38,20 +28,21 @@ class Artifact:
     graph: str
     meta: dict[str, Any]
 
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return tuple(self.meta.get("inputs") or GRAPHS[self.graph].inputs)
+
+    @property
+    def output(self) -> str:
+        return (self.meta.get("outputs") or [GRAPHS[self.graph].output])[0]
+
 
 def split_name(path: Path) -> tuple[str, str]:
     """`deblur.full.onnx` -> ("deblur", "full")."""
-    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
-    name, _, graph = stem.rpartition(".")
-    if not name or graph not in GRAPHS:
-        raise ArtifactError(f"{path}: artifact names look like <name>.<{'|'.join(GRAPHS)}>{path.suffix}")
-    return name, graph
-
-
-def sidecar_for(path: Path) -> Path:
-    """`<file>.json` (e.g. `deblur.full.onnx.json`) when present, else `<name>.<graph>.json`."""
-    own = path.with_name(path.name + ".json")
-    return own if own.is_file() else path.with_suffix(".json")
+    try:
+        return parse_artifact_name(path)
+    except ValueError as exc:
+        raise ArtifactError(str(exc)) from None
 
 
 def read_artifact(path: Path) -> Artifact:
@@ -59,22 +50,22 @@ def read_artifact(path: Path) -> Artifact:
     _, graph = split_name(path)
     if not path.is_file():
         raise ArtifactError(f"artifact not found: {path}")
-    sidecar = sidecar_for(path)
+    sidecar = find_sidecar(path)
     if not sidecar.is_file():
         raise ArtifactError(f"{path}: sidecar {sidecar.name} is missing")
     try:
         meta = json.loads(sidecar.read_text())
     except (OSError, ValueError) as exc:
         raise ArtifactError(f"{sidecar}: unreadable sidecar ({exc})") from exc
-    if not isinstance(meta, dict) or "config" not in meta or "sha256" not in meta:
-        raise ArtifactError(f"{sidecar}: sidecar lacks `config` or `sha256`")
+    if not isinstance(meta, dict) or any(key not in meta for key in SIDECAR_REQUIRED):
+        raise ArtifactError(f"{sidecar}: sidecar lacks one of {', '.join(f'`{k}`' for k in SIDECAR_REQUIRED)}")
     described = meta.get("artifact")
     if described and described != path.name:
         raise ArtifactError(
             f"{sidecar} describes {described}, not {path.name} (ONNX and TorchScript exports in one folder share "
             f"`<name>.<graph>.json`; export each format into its own folder)"
         )
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != meta["sha256"]:
         raise ArtifactError(f"{path}: sha256 {digest[:16]}… does not match the sidecar's {str(meta['sha256'])[:16]}…")
     if meta.get("graph", graph) != graph:
@@ -84,10 +75,10 @@ def read_artifact(path: Path) -> Artifact:
 
 def find_graphs(path: Path) -> dict[str, Artifact]:
     """The configured graph plus whichever siblings exist (each one verified)."""
-    name, _ = split_name(path)
+    split_name(path)
     found = {}
     for graph in GRAPHS:
-        sibling = path.with_name(f"{name}.{graph}{path.suffix}")
+        sibling = sibling_artifact(path, graph)
         if sibling == path or sibling.is_file():
             found[graph] = read_artifact(sibling)
     if "full" not in found and not {"prior", "restorer"} <= found.keys():
@@ -106,6 +97,6 @@ def model_info(artifacts: dict[str, Artifact]) -> ModelInfo:
     version = (
         meta.get("version")
         or provenance.get("version")
-        or f"sha256:{str(meta.get('checkpoint_sha256', meta['sha256']))[:12]}"
+        or f"sha256:{str(meta.get('checkpoint_sha256') or meta['sha256'])[:12]}"
     )
     return ModelInfo.from_config(config, version=str(version), sha256=meta["sha256"], source=str(first.path))

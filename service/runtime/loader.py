@@ -1,22 +1,32 @@
 """Turn one task's settings into a loaded backend, or one clear `StartupError` line.
 
-Resolution order: an `artifact` (backend from its suffix) > a `checkpoint` (torch eager) > the
-task's shipped default checkpoint from `models.tasks.TASKS`. With `DIFFIR_BACKEND=onnxruntime`
-or `torchscript` and no artifact configured, the exported `<task>.full.<onnx|ts>` next to the
-checkpoint is used. A built-in task name must be served by a model of the task's kind and scale.
+Resolution order: an `artifact` (backend from its suffix) > a `checkpoint` > the task's shipped
+default checkpoint from `models.tasks.TASKS`. A checkpoint runs on the configured backend:
+
+* `torch`: eager, at `DIFFIR_PRECISION` (fp32 unless set).
+* `onnxruntime` / `torchscript`: the exported `<stem>.full.<onnx|ts>` next to the checkpoint when
+  present, else exports built on first use in the cache folder (`service.runtime.exports`).
+* `auto` (the default): every candidate this machine supports is timed and the fastest one that
+  stays within 45 dB of fp32 is kept (`service.runtime.autotune`), the choice cached per machine
+  and model. An explicit `DIFFIR_PRECISION` limits the candidates to that precision.
+
+A built-in task name must be served by a model of the task's kind and scale.
 """
 
 from __future__ import annotations
 
+import math
+from functools import partial
 from pathlib import Path
 
 import torch
 
+from models.graphs import FORMAT_SUFFIX
 from service.errors import StartupError
 from service.runtime.base import Backend
 from service.settings import Settings, TaskSettings
 
-_SUFFIX = {"onnxruntime": ".onnx", "torchscript": ".ts"}
+_FORMAT = {"onnxruntime": "onnx", "torchscript": "torchscript"}
 
 
 def default_task_settings() -> dict[str, TaskSettings]:
@@ -35,39 +45,163 @@ def _checkpoint_for(name: str, spec: TaskSettings) -> Path:
     path = task.default_checkpoint_path() if task else None
     if path is None:
         raise StartupError(f"task {name!r}: no `checkpoint` or `artifact` configured and no shipped default")
+    if not path.is_file():
+        raise StartupError(
+            f"task {name!r}: the shipped checkpoint {path} is missing (train it, or point DIFFIR_TASKS "
+            f'at one: {{"{name}": {{"checkpoint": "path.safetensors"}}}})'
+        )
     return path
 
 
-def _build(name: str, spec: TaskSettings, settings: Settings, device: torch.device) -> Backend:
-    backend = (
-        spec.backend
-        or ("onnxruntime" if spec.artifact and spec.artifact.suffix == ".onnx" else None)
-        or ("torchscript" if spec.artifact else settings.backend)
-    )
-    artifact = spec.artifact
-    if artifact is None and backend != "torch":
-        checkpoint = _checkpoint_for(name, spec)
-        artifact = checkpoint.with_name(f"{checkpoint.stem}.full{_SUFFIX[backend]}")
-    if artifact is not None:
-        from service.runtime.artifacts import find_graphs
+def _from_artifact(artifact: Path, backend: str, settings: Settings, device: torch.device) -> Backend:
+    from service.runtime.artifacts import find_graphs
 
-        graphs = find_graphs(artifact)
-        if backend == "onnxruntime":
-            from service.runtime.onnx_backend import OnnxBackend
+    graphs = find_graphs(artifact)
+    if backend == "onnxruntime":
+        from service.runtime.onnx_backend import OnnxBackend
 
-            return OnnxBackend(graphs, device, settings.torch_threads)
-        from service.runtime.torchscript_backend import TorchScriptBackend
+        return OnnxBackend(graphs, device, settings.torch_threads)
+    from service.runtime.torchscript_backend import TorchScriptBackend
 
-        return TorchScriptBackend(graphs, device)
+    return TorchScriptBackend(graphs, device)
+
+
+def _exported(checkpoint: Path, spec: TaskSettings, backend: str, settings: Settings, device: torch.device) -> Backend:
+    """An exported backend for a checkpoint: its shipped/exported sibling, or a cached export."""
+    fmt = _FORMAT[backend]
+    beside = checkpoint.with_name(f"{checkpoint.stem}.full{FORMAT_SUFFIX[fmt]}")
+    if not beside.is_file():
+        from service.runtime.cache import cache_root
+        from service.runtime.exports import cached_export
+
+        beside = cached_export(checkpoint, spec.variant, fmt, cache_root(settings.cache_dir))
+    return _from_artifact(beside, backend, settings, device)
+
+
+def _torch(checkpoint: Path, spec: TaskSettings, device: torch.device, precision: str) -> Backend:
     from service.runtime.torch_backend import TorchBackend
 
-    checkpoint = _checkpoint_for(name, spec)
-    if spec.checkpoint is None and not checkpoint.is_file():
-        raise StartupError(
-            f"task {name!r}: the shipped checkpoint {checkpoint} is missing (train it, or point DIFFIR_TASKS "
-            f'at one: {{"{name}": {{"checkpoint": "path.safetensors"}}}})'
+    return TorchBackend(checkpoint, spec.variant, device, precision)
+
+
+def low_precisions(device: torch.device) -> tuple[str, ...]:
+    """Low precisions worth timing: the ones this device has fast units for."""
+    if device.type == "cuda":
+        return ("bf16", "fp16") if torch.cuda.is_bf16_supported() else ("fp16",)
+    from service.runtime.devices import cpu_fingerprint
+
+    isa = set(cpu_fingerprint()["isa"])  # type: ignore[arg-type]
+    fast = [] if not isa & {"avx512_bf16", "amx_bf16", "bf16"} else ["bf16"]
+    if isa & {"avx512_fp16", "amx_fp16"}:
+        fast.append("fp16")
+    return tuple(fast)
+
+
+def auto_candidates(checkpoint: Path, spec: TaskSettings, settings: Settings, device: torch.device):
+    """What `auto` times, fp32 eager (the reference) first."""
+    from service.runtime.autotune import Candidate
+
+    want = settings.precision
+    found = [Candidate("torch-fp32", "torch", "fp32", partial(_torch, checkpoint, spec, device, "fp32"))]
+    low = low_precisions(device) if want is None else (() if want == "fp32" else (want,))
+    for precision in low:
+        build = partial(_torch, checkpoint, spec, device, precision)
+        found.append(Candidate(f"torch-{precision}", "torch", precision, build))
+    if want in (None, "fp32"):
+        found.append(
+            Candidate(
+                "onnxruntime-fp32",
+                "onnxruntime",
+                "fp32",
+                partial(_exported, checkpoint, spec, "onnxruntime", settings, device),
+            )
         )
-    return TorchBackend(checkpoint, spec.variant, device, settings.precision)
+    if want not in (None, "fp32"):  # the reference still runs (it judges the others) but cannot win
+        found[0] = Candidate("torch-fp32", "torch", "fp32", found[0].build, eligible=False)
+    return found
+
+
+def tuning_input(config, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A deterministic, photo-like input (smooth shading, edges, texture) of output edge `side`.
+
+    Inpainting: the RGB zeroed inside a centred square hole plus the mask channel, as the engine
+    builds it.
+    """
+    m = config.size_multiple
+    n = max(m, math.ceil(side / config.scale / m) * m)
+    y, x = torch.meshgrid(torch.linspace(0, 1, n), torch.linspace(0, 1, n), indexing="ij")
+    gen = torch.Generator().manual_seed(0)
+    rgb = torch.stack([0.5 + 0.4 * torch.sin(6 * x + 3 * y), y, ((x * 8).floor() + (y * 8).floor()) % 2 * 0.6 + 0.2])
+    rgb = (rgb + 0.03 * torch.randn(rgb.shape, generator=gen)).clamp(0, 1).unsqueeze(0)
+    if config.kind == "inpaint":
+        mask = torch.zeros(1, 1, n, n)
+        mask[..., n // 4 : 3 * n // 4, n // 4 : 3 * n // 4] = 1
+        rgb = torch.cat([rgb * (1 - mask), mask], dim=1)
+    return rgb, torch.randn(1, config.ipr_dim, generator=gen)
+
+
+def _auto(name: str, checkpoint: Path, spec: TaskSettings, settings: Settings, device: torch.device) -> Backend:
+    from models.checkpoint import read_checkpoint, sha256_file
+    from service.runtime.autotune import ChoiceCache, choose, tuning_key
+    from service.runtime.cache import cache_root
+    from service.runtime.devices import cpu_fingerprint, describe
+
+    candidates = auto_candidates(checkpoint, spec, settings, device)
+    if len(candidates) == 1:
+        return _annotated_single(candidates[0])
+    _, meta = read_checkpoint(checkpoint)
+    sha = (meta or {}).get("sha256") or sha256_file(checkpoint)
+    key = tuning_key(
+        {
+            "model": sha,
+            "variant": spec.variant,
+            "device": describe(device),
+            "machine": cpu_fingerprint(),
+            "onnxruntime": _ort_version(),
+            "candidates": [c.label for c in candidates],
+            "size": settings.autotune_size,
+        }
+    )
+    cache = ChoiceCache(cache_root(settings.cache_dir), key)
+
+    def sample() -> tuple[torch.Tensor, torch.Tensor]:
+        from models.checkpoint import load_model
+
+        cfg = load_model(checkpoint, variant=spec.variant).config
+        return tuning_input(cfg, settings.autotune_size)
+
+    return choose(candidates, sample, cache)
+
+
+def _annotated_single(candidate) -> Backend:
+    backend = candidate.build()
+    backend.precision = candidate.precision
+    return backend
+
+
+def _ort_version() -> str | None:
+    try:
+        import onnxruntime
+
+        return onnxruntime.__version__
+    except ImportError:
+        return None
+
+
+def _build(name: str, spec: TaskSettings, settings: Settings, device: torch.device) -> Backend:
+    backend = spec.backend or settings.backend
+    if spec.artifact is not None:
+        from service.settings import ARTIFACT_SUFFIXES
+
+        return _from_artifact(spec.artifact, ARTIFACT_SUFFIXES[spec.artifact.suffix], settings, device)
+    checkpoint = _checkpoint_for(name, spec)
+    if backend == "torch":
+        return _torch(checkpoint, spec, device, settings.precision or "fp32")
+    if backend == "auto":
+        return _auto(name, checkpoint, spec, settings, device)
+    if settings.precision not in (None, "fp32"):
+        raise StartupError(f"task {name!r}: DIFFIR_PRECISION={settings.precision} needs the torch or auto backend")
+    return _exported(checkpoint, spec, backend, settings, device)
 
 
 def _check_kind(name: str, backend: Backend) -> None:

@@ -10,6 +10,7 @@ from service.runtime.devices import describe
 
 class TorchScriptBackend:
     name = "torchscript"
+    precision = "fp32"
 
     def __init__(self, artifacts: dict[str, Artifact], device: torch.device) -> None:
         self.device = device

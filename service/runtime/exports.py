@@ -1,0 +1,91 @@
+"""ONNX / TorchScript exports of a checkpoint, built on first use into the cache folder.
+
+`DIFFIR_BACKEND=onnxruntime` (or the auto-tuner trying ONNX Runtime) must work on a fresh clone,
+whose shipped checkpoints come without exports (they would triple the repository's weight
+files). The first start writes the `prior` and `restorer` graphs (enough for whole images and
+tiles) with `models.graphs`, checks them against eager PyTorch exactly as `python -m training
+export` does, and later starts reuse them. The folder is keyed by the checkpoint's sha256 and the
+torch version that traced it, and is published with one atomic rename, so concurrent starts
+never see half an export.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from models.graphs import (
+    GRAPHS,
+    SPLIT_GRAPHS,
+    artifact_name,
+    parity_checks,
+    parity_summary,
+    sidecar_fields,
+    sidecar_path,
+    write_graph,
+)
+
+log = logging.getLogger(__name__)
+PARITY_TOLERANCE = 1e-4
+
+
+def _runner(fmt: str, path: Path, inputs: tuple[str, ...]):
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.intra_op_num_threads = torch.get_num_threads()
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return lambda *args: torch.from_numpy(session.run(None, {n: a.numpy() for n, a in zip(inputs, args)})[0])
+    return torch.jit.load(str(path))
+
+
+def export_folder(cache: Path, checkpoint_sha256: str, fmt: str) -> Path:
+    return cache / "exports" / f"{checkpoint_sha256[:16]}-{fmt}-torch{torch.__version__.replace('+', '_')}"
+
+
+def cached_export(checkpoint: Path, variant: str | None, fmt: str, cache: Path) -> Path:
+    """Path of the checkpoint's `prior` artifact in `fmt` (its `restorer` sibling next to it), built if missing."""
+    from models.checkpoint import load_model, read_checkpoint, sha256_file
+
+    _, meta = read_checkpoint(checkpoint)
+    sha = (meta or {}).get("sha256") or sha256_file(checkpoint)
+    folder = export_folder(cache, sha, fmt)
+    name = checkpoint.stem
+    target = folder / artifact_name(name, SPLIT_GRAPHS[0], fmt)
+    if all((folder / artifact_name(name, g, fmt)).is_file() for g in SPLIT_GRAPHS):
+        return target
+    net = load_model(checkpoint, variant=variant).eval()
+    base = meta or {"variant": net.config.name, "config": net.config.to_dict(), "stage": "s2"}
+    base = {**base, "sha256": sha}
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        for graph in SPLIT_GRAPHS:
+            path = staging / artifact_name(name, graph, fmt)
+            seconds = write_graph(net, graph, fmt, path)
+            checks = parity_checks(net, graph, _runner(fmt, path, GRAPHS[graph].inputs), batches=(1, 2))
+            parity = parity_summary(checks, PARITY_TOLERANCE)
+            if not parity["ok"]:
+                raise RuntimeError(
+                    f"{path.name}: parity check against eager PyTorch failed "
+                    f"(worst relative error {parity['worst_rel_max_err']:.2e})"
+                )
+            fields = sidecar_fields(base, net, path, graph, fmt, parity=parity, built_from=str(checkpoint))
+            sidecar_path(path).write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
+            log.info("exported %s in %.1f s (parity %.1e)", path.name, seconds, parity["worst_rel_max_err"])
+        try:
+            os.replace(staging, folder)
+        except OSError:  # another process published it first (a non-empty folder cannot be replaced)
+            if not target.is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
