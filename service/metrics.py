@@ -126,6 +126,14 @@ class Metrics:
         self.ready = Gauge("diffir_ready", "1 when every task is loaded and warmed and not draining", registry=registry)
         self.ready.set(0)
 
+    def record_tuning(self, task: str, tuning: dict | None) -> None:
+        """DIFFIR_BACKEND=auto: each candidate's tuning time (`service.runtime.autotune.Tuning`)."""
+        for trial in (tuning or {}).get("trials", []):
+            if trial["seconds"] is not None:
+                chosen = "1" if trial["label"] == tuning["chosen"] else "0"  # type: ignore[index]
+                labels = (task, trial["label"], str(trial["accepted"]).lower(), chosen)
+                self.backend_candidate.labels(*labels).set(trial["seconds"])
+
     def init_task(self, task: str) -> None:
         """Create the task's counters at 0, so rates and alerts see the series before the first event."""
         for reason in rejection_reasons():

@@ -54,6 +54,8 @@ def describe_task(rt: TaskRuntime, state: ServiceState) -> dict:
         "needs_mask": info.needs_mask,
         "backend": backend.name,
         "provider": backend.provider,
+        "precision": getattr(backend, "precision", "fp32"),
+        "autotune": getattr(backend, "tuning", None),
         "version": info.version,
         "sha256": info.sha256,
         "model_file": Path(info.source).name,

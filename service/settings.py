@@ -108,7 +108,7 @@ class Settings(BaseSettings):
     backend: BackendName = "auto"
     precision: Literal["fp32", "fp16", "bf16"] | None = None
     cache_dir: Path | None = None
-    autotune_size: int = Field(256, ge=32, le=4096)
+    autotune_size: int = Field(256, ge=8, le=4096)
     torch_threads: int | None = Field(None, ge=1, le=256)
     max_batch_size: int | None = Field(None, ge=1, le=256)
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)

@@ -99,6 +99,7 @@ class ServiceState:
             metrics.model_info.labels(
                 name, backend.info.variant, backend.name, backend.provider, backend.info.version
             ).set(1)
+            metrics.record_tuning(name, getattr(backend, "tuning", None))
             metrics.queue_depth.labels(name).set(0)
             metrics.init_task(name)
 
