@@ -13,13 +13,19 @@ def binarize_mask(mask: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     return (mask > threshold).to(torch.float32)
 
 
-def network_input(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The 4-channel input: RGB zeroed inside the hole, then the mask."""
-    return torch.cat([image * (1 - mask), mask], dim=1)
+def network_input(image: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """What a network sees: the image itself, or for inpainting the 4 channels
+    `[image * (1 - mask), mask]` (RGB zeroed inside the hole, then the mask).
+
+    Channels are dim -3, so one image (C, H, W) and a batch (B, C, H, W) both work.
+    """
+    if mask is None:
+        return image
+    return torch.cat([image * (1 - mask), mask], dim=-3)
 
 
 def composite(image: torch.Tensor, mask: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
-    """Keep known pixels, take the prediction inside the hole."""
+    """The inpainting answer: known pixels from `image`, the prediction inside the hole (mask 1)."""
     return mask * prediction + (1 - mask) * image
 
 
@@ -32,6 +38,17 @@ def composite(image: torch.Tensor, mask: torch.Tensor, prediction: torch.Tensor)
 FILL_LEVELS = 8
 FILL_ITERATIONS = (48, 48, 48, 48, 48, 32, 16, 8, 4)
 FILL_BIHARMONIC_ITERATIONS = 100
+
+
+# Floors of the divisions below. They are meant for float32 (where the fill always runs): 1e-12
+# is 0 in float16, and an empty hole (0/0 at some level, or an all-zero mask) would become NaN.
+CG_EPS = 1e-12
+WEIGHT_EPS = 1e-6
+
+
+def _floor(dtype: torch.dtype, eps: float) -> float:
+    """`eps`, raised to the smallest normal number of `dtype` so that it is never rounded to 0."""
+    return max(eps, torch.finfo(dtype).tiny)
 
 
 def _laplacian(u: torch.Tensor) -> torch.Tensor:
@@ -59,16 +76,17 @@ def _relax(
     A fixed number of iterations from `u`: converges in O(width) iterations where Jacobi needs
     O(width^2), and is fixed-shape tensor work that exports like a convolution.
     """
+    tiny = _floor(u.dtype, CG_EPS)
     r = -op(u) * hole  # residual of the current u
     p = r
     rs = (r * r).sum(dim=(1, 2, 3), keepdim=True)
     for _ in range(iterations):
         ap = op(p * hole) * hole
-        alpha = rs / (p * ap).sum(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+        alpha = rs / (p * ap).sum(dim=(1, 2, 3), keepdim=True).clamp_min(tiny)
         u = u + alpha * p
         r = r - alpha * ap
         rs_next = (r * r).sum(dim=(1, 2, 3), keepdim=True)
-        p = r + rs_next / rs.clamp_min(1e-12) * p
+        p = r + rs_next / rs.clamp_min(tiny) * p
         rs = rs_next
     return u
 
@@ -84,19 +102,25 @@ def smooth_fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     full resolution. Only fixed-size tensor ops, so it traces and exports with dynamic H, W like
     the rest of the network.
     """
+    out_dtype = image.dtype
+    # Always in (at least) float32: CG sums of squares over a whole level and their quotients do
+    # not fit float16, whatever precision the rest of the network runs in.
+    dtype = torch.promote_types(image.dtype, torch.float32)
+    image, mask = image.to(dtype), mask.to(dtype)
+    weight_eps = _floor(dtype, WEIGHT_EPS)
     known = 1 - mask
     values, weights = [image * known], [known]
     for _ in range(FILL_LEVELS):
         values.append(F.avg_pool2d(values[-1], 2, ceil_mode=True))
         weights.append(F.avg_pool2d(weights[-1], 2, ceil_mode=True))
-    f = values[-1] / weights[-1].clamp_min(1e-6)
+    f = values[-1] / weights[-1].clamp_min(weight_eps)
     for level in range(FILL_LEVELS, -1, -1):
         v, w = values[level], weights[level]
-        full = (w >= 0.999).to(image.dtype)
+        full = (w >= 0.999).to(dtype)
         if level < FILL_LEVELS:
             up = F.interpolate(f, scale_factor=2.0, mode="bilinear", align_corners=False)
             up = up[..., : v.shape[-2], : v.shape[-1]]
-            f = full * (v / w.clamp_min(1e-6)) + (1 - full) * up
+            f = full * (v / w.clamp_min(weight_eps)) + (1 - full) * up
         f = _relax(f, 1 - full, _negative_laplacian, FILL_ITERATIONS[level])
     f = _relax(f, mask, _bilaplacian, FILL_BIHARMONIC_ITERATIONS)
-    return known * image + mask * f
+    return (known * image + mask * f).to(out_dtype)

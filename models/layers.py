@@ -102,6 +102,19 @@ def scale_shift(kernel: nn.Sequential, ipr: torch.Tensor) -> tuple[torch.Tensor,
     return scale, shift
 
 
+def normalize_over_space(t: torch.Tensor) -> torch.Tensor:
+    """Divide each channel of a (B, HW, C) tensor by its L2 norm over the HW pixels.
+
+    Before q·kᵀ, as the official code does, so that the Gram matrix holds cosines: the raw sums
+    over all pixels reach 1e5 at 1024² with trained weights, past float16's 65504. The norm is
+    accumulated in float32; its floor is the official 1e-12 raised to the dtype's smallest normal
+    number (1e-12 is 0 in float16), so an all-zero channel stays 0 instead of 0/0.
+    """
+    eps = max(L2_EPS, torch.finfo(t.dtype).tiny)
+    norm = torch.linalg.vector_norm(t, dim=1, keepdim=True, dtype=torch.promote_types(t.dtype, torch.float32))
+    return t * norm.clamp_min(eps).reciprocal().to(t.dtype)
+
+
 class DMTA(nn.Module):
     """Dynamic multi-head transposed attention (attention over channels, per head)."""
 
@@ -122,14 +135,12 @@ class DMTA(nn.Module):
         qkv = modulated_pointwise(norm.normalize(x), gain, offset, self.qkv)
         qkv = conv_nhwc(qkv, self.qkv_dwconv).reshape(b, h * w, 3 * c)
         q, k, v = qkv[..., :c], qkv[..., c : 2 * c], qkv[..., 2 * c :]
-        # L2 normalisation of q and k over space, applied to the small Gram matrix instead.
-        q_norm = q.norm(dim=1).clamp_min(L2_EPS).reshape(b, heads, d, 1)
-        k_norm = k.norm(dim=1).clamp_min(L2_EPS).reshape(b, heads, 1, d)
+        q, k = normalize_over_space(q), normalize_over_space(k)
         gram = torch.stack(
             [q[..., i * d : (i + 1) * d].transpose(1, 2) @ k[..., i * d : (i + 1) * d] for i in range(heads)],
             dim=1,
-        )  # (B, heads, d, d)
-        attn = torch.softmax(gram / (q_norm * k_norm) * self.temperature, dim=-1)
+        )  # (B, heads, d, d), cosines in [-1, 1]
+        attn = torch.softmax(gram * self.temperature, dim=-1)
         # Fold the attention into project_out: M[:, head*d + j] = sum_i P[:, head*d + i] A[i, j].
         proj = self.project_out.weight.reshape(c, heads, d)
         mixing = torch.einsum("cni,bnij->bcnj", proj, attn).reshape(b, c, c)
