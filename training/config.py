@@ -20,6 +20,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from models.config import ModelConfig
 from models.tasks import TASKS, get_task
 from models.variants import get_preset
@@ -55,6 +57,15 @@ class TrainConfig:
     """Motion blur: share of samples blurred with a (rotated/flipped) real Levin kernel."""
     blur_kernel_sizes: tuple[int, int] = (11, 31)
     """Motion blur: size range of the synthetic shake kernels (odd, pixels)."""
+    blur_p_identity: float = 0.0
+    """Motion blur: share of samples left sharp (identity kernel, noise only), so the model learns to
+    leave a sharp photo alone."""
+    blur_p_mild: float = 0.0
+    """Motion blur: share of samples with a mild synthetic shake of `blur_mild_sizes`."""
+    blur_mild_sizes: tuple[int, int] = (3, 9)
+    """Motion blur: size range of the mild shake kernels (odd, pixels)."""
+    blur_noise: tuple[float, float] = (0.0, 3.0)
+    """Motion blur: range of the Gaussian noise sigma, in 8-bit levels (x/255)."""
     mask_dir: str = ""
     mask_hole_is_white: bool = True
     mask_coverage: tuple[float, float] = (0.0, 1.0)
@@ -105,6 +116,10 @@ class TrainConfig:
     init_student: str = ""
     """Stage 2: start the stage-2 network from this stage-2 checkpoint (continue training a shipped model
     against the same stage-1 teacher) instead of copying the teacher's DIRformer into a fresh one."""
+    teacher: bool = True
+    """Stage 2: distil the prior from the frozen stage-1 teacher (L_diff, the official recipe). False:
+    no teacher; fine-tune the serving path itself (prior from pure noise x_T, image losses only),
+    which needs `init_student` and is how a shipped model is continued when its teacher is gone."""
     out: str = ""
     """Run folder (default runs/<task>); stage folders s1/ and s2/ inside."""
     resume: bool = False
@@ -112,7 +127,12 @@ class TrainConfig:
     noise_seed: int = 0
     threads: int = 0
     device: str = "auto"
+    precision: str = "fp32"
+    """fp32 | bf16 | fp16: autocast dtype of the training forward. bf16 runs on CPUs with bf16 units
+    (AVX512-BF16, AMX) and on GPUs; fp16 is CUDA-only (with a gradient scaler). Master weights,
+    optimiser state and EMA stay fp32."""
     amp: bool = False
+    """Legacy switch: on CUDA, the same as `precision = "fp16"`."""
     log_every: int = 10
     val_every: int = 500
     save_every: int = 500
@@ -285,10 +305,27 @@ def config_from_args(args: argparse.Namespace, stage: int) -> TrainConfig:
         cfg = apply_overrides(cfg, layer, source)
     if cfg.hole_loss not in HOLE_LOSSES:
         raise ValueError(f"hole_loss {cfg.hole_loss!r}: expected one of {', '.join(HOLE_LOSSES)}")
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"precision {cfg.precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if not cfg.teacher and stage == 2 and not cfg.init_student:
+        raise ValueError("teacher = false needs init_student: the network to fine-tune")
+    if not cfg.teacher and cfg.encoder_frac > 0:
+        raise ValueError("teacher = false has no L_diff target: set encoder_frac = 0")
     return dataclasses.replace(cfg, stage=stage)
 
 
 HOLE_LOSSES = ("l1", "l2")
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def autocast_dtype(cfg: TrainConfig, device_type: str) -> torch.dtype | None:
+    """The dtype the training forward autocasts to on `device_type`, or None for plain fp32."""
+    precision = "fp16" if cfg.amp and device_type == "cuda" and cfg.precision == "fp32" else cfg.precision
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device_type != "cuda":
+        raise ValueError("precision fp16 needs a CUDA device; use bf16 on the CPU")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:

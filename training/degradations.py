@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models.inpainting import network_input as network_input  # the one definition; re-exported here
+
 SHARED_DATA = Path(os.environ.get("DIFFIR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 KERNEL_DIR = SHARED_DATA / "tasks" / "deblur" / "kernels"
 
@@ -158,9 +160,20 @@ def random_trajectory_kernel(rng: np.random.Generator, size: int, length: float)
     return k / k.sum()
 
 
+def identity_kernel() -> np.ndarray:
+    """The 1x1 kernel that leaves an image as it is (a sharp photo)."""
+    return np.ones((1, 1))
+
+
 class MotionBlur:
-    """`deblur` degradation: synthetic shake trajectory or a (rotated/flipped) real Levin kernel, plus mild
-    Gaussian noise, then 8-bit quantisation."""
+    """`deblur` degradation: a mixture of what users send, plus Gaussian noise, then 8-bit quantisation.
+
+    Each sample is, with probability `p_identity`, left sharp (identity kernel: the model must learn
+    to leave a sharp photo alone); with `p_mild`, shaken mildly (synthetic trajectory of `mild_sizes`
+    px); otherwise blurred as before: a (rotated/flipped) real Levin kernel with probability
+    `p_real`, else a synthetic trajectory of `kernel_sizes` px. With both new shares at 0 the draws
+    (and so every seeded batch) are exactly those of the original two-way mixture.
+    """
 
     scale = 1
 
@@ -170,19 +183,36 @@ class MotionBlur:
         kernel_sizes: tuple[int, int] = (11, 31),
         noise_sigma: tuple[float, float] = (0.0, 3.0 / 255),
         kernel_dir: str | Path = KERNEL_DIR,
+        p_identity: float = 0.0,
+        p_mild: float = 0.0,
+        mild_sizes: tuple[int, int] = (3, 9),
     ) -> None:
+        if p_identity < 0 or p_mild < 0 or p_identity + p_mild > 1:
+            raise ValueError(f"p_identity {p_identity} and p_mild {p_mild} must be >= 0 and sum to <= 1")
         self.p_real = p_real
         self.kernel_sizes = kernel_sizes
         self.noise_sigma = noise_sigma
+        self.p_identity = p_identity
+        self.p_mild = p_mild
+        self.mild_sizes = mild_sizes
         self.real = load_levin_kernels(kernel_dir) if p_real > 0 else []
 
+    @staticmethod
+    def _shake(rng: np.random.Generator, sizes: tuple[int, int], min_length: float, margin: float) -> np.ndarray:
+        lo, hi = sizes
+        size = int(rng.integers(lo // 2, hi // 2 + 1)) * 2 + 1
+        return random_trajectory_kernel(rng, size, float(rng.uniform(min_length, max(min_length, size - margin))))
+
     def draw(self, rng: np.random.Generator, h: int, w: int) -> dict[str, Any]:
-        if self.real and rng.random() < self.p_real:
+        u = rng.random() if self.p_identity + self.p_mild > 0 else 1.0
+        if u < self.p_identity:
+            kernel = identity_kernel()
+        elif u < self.p_identity + self.p_mild:
+            kernel = self._shake(rng, self.mild_sizes, 1.0, 1.0)
+        elif self.real and rng.random() < self.p_real:
             kernel = dihedral_np(self.real[int(rng.integers(len(self.real)))], int(rng.integers(8)))
         else:
-            lo, hi = self.kernel_sizes
-            size = int(rng.integers(lo // 2, hi // 2 + 1)) * 2 + 1
-            kernel = random_trajectory_kernel(rng, size, float(rng.uniform(2.0, size - 2)))
+            kernel = self._shake(rng, self.kernel_sizes, 2.0, 2.0)
         return {
             "kernel": kernel,
             "sigma": float(rng.uniform(*self.noise_sigma)),
@@ -292,13 +322,6 @@ class FolderMasks:
         m = torch.from_numpy(dihedral_np(self.masks[params["index"]], params["dihedral"]))[None, None]
         m = (F.interpolate(m, size=(h, w), mode="nearest")[0] > 0.5).float()
         return Degraded(gt * (1 - m), m)
-
-
-def network_input(lq: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """What the network sees: the LQ image, or for inpainting [image * (1 - mask), mask] (dim -3)."""
-    if mask is None:
-        return lq
-    return torch.cat([lq * (1 - mask), mask], dim=-3)
 
 
 def make_degradation(name: str, scale: int = 1, **options: Any) -> Degradation:

@@ -2,12 +2,18 @@
 
 Standard protocols (issue 4; the numbers in the model cards come from here):
 
-* `sr-x4`: Set5, Set14, BSD100, Urban100 (`val/`), GT mod-cropped to 4, LR = the training
-  package's antialiased bicubic (8-bit); Y-channel PSNR/SSIM with a 4-pixel border; baseline =
-  bicubic upscaling.
+* `sr-x4`: Set5, Set14, BSD100, Urban100 (`val/`), GT mod-cropped to 4; Y-channel PSNR/SSIM with a
+  4-pixel border (BT.601 Y of the 8-bit images, as basicsr computes it). Two protocols, both reported
+  by default (`--protocol`): "ours", LR = the training package's antialiased bicubic (8-bit), baseline
+  = torch bicubic upscaling; "standard" (the SR literature's), LR = MATLAB's bicubic `imresize`
+  (`training.matlab_resize`, 8-bit), baseline = MATLAB bicubic upscaling.
 * `deblur`: Kodak24, image i (sorted) blurred with Levin kernel (i mod 8) + Gaussian noise
   sigma = 1/255 from seed i, 8-bit; RGB PSNR/SSIM on the full image; baseline = the blurred input.
   Plus the real GoPro pairs in `tasks/deblur/gopro` (full 1280x720 frames).
+  `--protocol noharm` adds what a deblur model must not damage: Kodak24 sharp (identity kernel,
+  sigma = 1/255 noise, seed i) and Kodak24 with a mild centred random shake (image i: a 5 px
+  kernel for even i, 7 px for odd, from `random_trajectory_kernel` with seed 1000 + i, path length
+  = size - 1, same noise), each against its clean image; bars in `NOHARM_BARS`.
 * `inpaint`: CelebA-HQ + FFHQ faces (face j gets mask j mod M of the 256x256 hole masks; the
   DDNM masks are keep-masks and are inverted, the RePaint checkerboard is not a hole mask and
   is left out) and the Places2 photos with their own masks (white = hole); RGB PSNR/SSIM on the
@@ -20,6 +26,7 @@ Also generic: `--folder DIR` degrades clean images with the task's seeded degrad
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -31,7 +38,7 @@ import torch
 
 from models import load_model
 from models.diffir import DiffIRS2
-from models.inpainting import smooth_fill
+from models.inpainting import composite, smooth_fill
 from models.tasks import get_task
 from training.degradations import (
     SHARED_DATA,
@@ -43,11 +50,21 @@ from training.degradations import (
     mod_crop,
     network_input,
     quantize,
+    random_trajectory_kernel,
 )
 from training.imageio import list_images, read_image, read_mask, to_uint8, write_image
+from training.matlab_resize import imresize
 from training.metrics import psnr, ssim
 
 NOISE_SIGMA = 1.0 / 255
+SR_PROTOCOLS = ("ours", "standard")
+NOHARM_SETS = ("Kodak24 sharp", "Kodak24 mild shake")
+NOHARM_BARS = {
+    "sharp_min_mean_psnr": 40.0,  # output vs clean, dB, mean over Kodak24 sharp
+    "mild_min_mean_gain": 0.3,  # dB over the shaken input, mean over Kodak24 mild shake
+    "mild_min_worst_gain": -0.5,  # dB, the worst single image
+    "levin_min_mean_gain": 2.0,  # dB over the blurred input, Kodak24 + Levin kernels
+}
 
 
 @dataclass
@@ -62,17 +79,83 @@ class Case:
 
 
 # --- protocols ---------------------------------------------------------------------------------
-def sr_cases(root: Path, scale: int, sets: Sequence[str]) -> Iterator[Case]:
+def sr_lr(gt: torch.Tensor, scale: int, protocol: str) -> torch.Tensor:
+    """The LR input of a protocol: ours (torch antialiased bicubic) or standard (MATLAB imresize)."""
+    if protocol == "standard":
+        return imresize(gt, 1 / scale)
+    if protocol == "ours":
+        return bicubic_down(gt, scale)
+    raise ValueError(f"unknown SR protocol {protocol!r}; known: {', '.join(SR_PROTOCOLS)}")
+
+
+def sr_cases(root: Path, scale: int, sets: Sequence[str], protocol: str = "ours") -> Iterator[Case]:
     for set_name in sets:
         for p in list_images([root / "val" / set_name]):
             gt = mod_crop(read_image(p), scale)
-            yield Case(set_name, p.stem, bicubic_down(gt, scale), gt)
+            yield Case(set_name, p.stem, sr_lr(gt, scale, protocol), gt)
 
 
 def blurred_kodak(gt: torch.Tensor, i: int, kernels: list[np.ndarray]) -> torch.Tensor:
     blurred = convolve(gt, kernels[i % len(kernels)])
     noise = torch.randn(blurred.shape, generator=torch.Generator().manual_seed(i))
     return quantize(blurred + NOISE_SIGMA * noise)
+
+
+def noisy(img: torch.Tensor, seed: int) -> torch.Tensor:
+    noise = torch.randn(img.shape, generator=torch.Generator().manual_seed(seed))
+    return quantize(img + NOISE_SIGMA * noise)
+
+
+def mild_shake_kernel(i: int) -> np.ndarray:
+    """Image i's mild shake: a centred random trajectory, 5 px (even i) or 7 px (odd i) wide."""
+    size = 5 if i % 2 == 0 else 7
+    return random_trajectory_kernel(np.random.default_rng(1000 + i), size, float(size - 1))
+
+
+def noharm_cases(root: Path, crop: int = 0, limit: int = 0) -> Iterator[Case]:
+    """Kodak24 sharp (+ sigma 1/255) and with a mild 5-7 px shake; `crop`/`limit` for a quick probe."""
+    paths = list_images([root / "val" / "Kodak24"])
+    paths = paths[:limit] if limit else paths
+    gts = [_centre(read_image(p), crop) for p in paths]
+    for i, (p, gt) in enumerate(zip(paths, gts)):
+        yield Case(NOHARM_SETS[0], p.stem, noisy(gt, i), gt)
+    for i, (p, gt) in enumerate(zip(paths, gts)):
+        yield Case(NOHARM_SETS[1], p.stem, noisy(convolve(gt, mild_shake_kernel(i)), i), gt)
+
+
+def _centre(img: torch.Tensor, crop: int) -> torch.Tensor:
+    if not crop:
+        return img
+    h, w = img.shape[-2:]
+    y, x = (h - crop) // 2, (w - crop) // 2
+    return img[:, y : y + crop, x : x + crop].contiguous()
+
+
+def noharm_verdict(result: dict) -> dict[str, float | bool]:
+    """The no-harm numbers and whether each bar is met, from an `evaluate` result with both sets
+    (and Kodak24 for the Levin bar, when present)."""
+    rows = result["images"]
+
+    def gains(set_name: str) -> list[float]:
+        return [r["model"]["psnr"] - r["blurred input"]["psnr"] for r in rows if r["set"] == set_name]
+
+    sharp = [r["model"]["psnr"] for r in rows if r["set"] == NOHARM_SETS[0]]
+    mild = gains(NOHARM_SETS[1])
+    out: dict[str, float | bool] = {
+        "sharp_mean_psnr": float(np.mean(sharp)),
+        "sharp_min_psnr": float(np.min(sharp)),
+        "mild_mean_gain": float(np.mean(mild)),
+        "mild_worst_gain": float(np.min(mild)),
+    }
+    ok = out["sharp_mean_psnr"] >= NOHARM_BARS["sharp_min_mean_psnr"]
+    ok &= out["mild_mean_gain"] >= NOHARM_BARS["mild_min_mean_gain"]
+    ok &= out["mild_worst_gain"] >= NOHARM_BARS["mild_min_worst_gain"]
+    levin = gains("Kodak24")
+    if levin:
+        out["levin_mean_gain"] = float(np.mean(levin))
+        ok &= out["levin_mean_gain"] >= NOHARM_BARS["levin_min_mean_gain"]
+    out["bars_met"] = bool(ok)
+    return out
 
 
 def deblur_cases(root: Path) -> Iterator[Case]:
@@ -148,7 +231,9 @@ def biharmonic(img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out).permute(2, 0, 1).float().clamp(0, 1)
 
 
-def baselines(kind: str, scale: int) -> dict[str, Callable[[Case], torch.Tensor]]:
+def baselines(kind: str, scale: int, protocol: str = "ours") -> dict[str, Callable[[Case], torch.Tensor]]:
+    if kind == "sr" and protocol == "standard":
+        return {"bicubic": lambda c: imresize(c.lq, scale, quantize_8bit=False).clamp(0, 1)}
     if kind == "sr":
         return {"bicubic": lambda c: bicubic_up(c.lq, scale)}
     if kind == "deblur":
@@ -168,7 +253,7 @@ def restore(net: DiffIRS2, case: Case, seed: int) -> torch.Tensor:
     x = network_input(case.lq, case.mask)[None]
     out = net.forward_any_size(x, generator=torch.Generator().manual_seed(seed))[0].clamp(0, 1)
     if case.mask is not None:  # composite: known pixels are the input's (the official predictor does this)
-        out = case.mask * out + (1 - case.mask) * case.gt
+        out = composite(case.gt, case.mask, out)
     return out
 
 
@@ -181,10 +266,11 @@ def evaluate(
     save_dir: Path | None = None,
     skip_baselines: bool = False,
     log: Callable[[str], None] = print,
+    protocol: str = "ours",
 ) -> dict:
     border = scale if kind == "sr" else 0
     y = kind == "sr"
-    methods = {} if skip_baselines else baselines(kind, scale)
+    methods = {} if skip_baselines else baselines(kind, scale, protocol)
     rows = []
     for case in cases:
         outputs: dict[str, torch.Tensor] = {}
@@ -239,6 +325,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--folder", help="evaluate on clean images degraded with the task's seeded degradation")
     parser.add_argument("--paired", help="evaluate on lq/ + gt/ folders")
     parser.add_argument("--sets", nargs="+", default=["Set5", "Set14", "BSD100", "Urban100"], help="sr-x4 sets")
+    parser.add_argument(
+        "--protocol",
+        default="",
+        choices=("", "ours", "standard", "both", "noharm", "all"),
+        help="sr-x4: ours | standard (MATLAB imresize LR) | both (default); deblur: ours (Kodak24 + "
+        "Levin, GoPro; default) | noharm (sharp and mild-shake Kodak24) | all",
+    )
     parser.add_argument("--seed", type=int, default=0, help="noise seed of the model's prior (x_T)")
     parser.add_argument("--degrade-seed", type=int, default=0, help="seed of --folder degradations")
     parser.add_argument("--threads", type=int, default=0)
@@ -252,12 +345,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = get_task(args.task)
     kind, scale = spec.config.kind, spec.scale
     root = Path(args.data_root)
+    protocol = args.protocol or {"sr": "both", "deblur": "ours"}.get(kind, "ours")
+    sr_protocols = [p for p in SR_PROTOCOLS if protocol in (p, "both")]
     if args.folder:
         cases = folder_cases(Path(args.folder), args.task, args.degrade_seed)
     elif args.paired:
         cases = paired_cases(Path(args.paired))
     elif kind == "sr":
-        cases = sr_cases(root, scale, args.sets)
+        cases = sr_cases(root, scale, args.sets, sr_protocols[0])
+    elif kind == "deblur" and protocol == "noharm":
+        cases = noharm_cases(root)
+    elif kind == "deblur" and protocol == "all":
+        cases = itertools.chain(deblur_cases(root), noharm_cases(root))
     elif kind == "deblur":
         cases = deblur_cases(root)
     else:
@@ -267,10 +366,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.baselines_only:
         net = load_model(ckpt)
     out = Path(args.out) if args.out else None
-    result = evaluate(net, cases, kind, scale, args.seed, out / "images" if out and args.save_images else None,
-                      args.skip_baselines)  # fmt: skip
+    save = out / "images" if out and args.save_images else None
+    sr_first = sr_protocols[0] if kind == "sr" else "ours"
+    result = evaluate(net, cases, kind, scale, args.seed, save, args.skip_baselines, protocol=sr_first)
     result["task"], result["checkpoint"] = args.task, None if net is None else ckpt
-    table = markdown_table(result)
+    tables = [markdown_table(result)]
+    if kind == "sr" and not (args.folder or args.paired):
+        result["protocol"] = sr_first
+        for other in sr_protocols[1:]:
+            more = evaluate(net, sr_cases(root, scale, args.sets, other), kind, scale, args.seed, None,
+                            args.skip_baselines, protocol=other)  # fmt: skip
+            result[other] = more
+            tables.append(f"Protocol: {other}.\n\n" + markdown_table(more))
+        tables[0] = f"Protocol: {sr_first}.\n\n" + tables[0]
+    if kind == "deblur" and net is not None and protocol in ("noharm", "all") and not args.skip_baselines:
+        result["noharm"] = noharm_verdict(result)
+        tables.append("No harm: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                              for k, v in result["noharm"].items()) + "\n")  # fmt: skip
+    table = "\n".join(tables)
     print(table)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from torch import nn
 
 from models.checkpoint import save_checkpoint
 from training import distributed as ddp
-from training.config import TrainConfig, family, phases, to_dict
+from training.config import TrainConfig, autocast_dtype, family, phases, to_dict
 from training.datasets import PairedDataset, PatchSchedule, Phase, UnpairedDataset, make_loader
 from training.degradations import make_degradation
 from training.schedules import base_lr, encoder_steps, joint_lr, warmup_lr
@@ -49,7 +49,14 @@ def build_dataset(cfg: TrainConfig):
 def build_degradation(cfg: TrainConfig):
     opts: dict[str, Any] = {}
     if cfg.degradation_id() == "motion-blur":
-        opts = {"p_real": cfg.blur_p_real, "kernel_sizes": cfg.blur_kernel_sizes}
+        opts = {
+            "p_real": cfg.blur_p_real,
+            "kernel_sizes": cfg.blur_kernel_sizes,
+            "p_identity": cfg.blur_p_identity,
+            "p_mild": cfg.blur_p_mild,
+            "mild_sizes": cfg.blur_mild_sizes,
+            "noise_sigma": (cfg.blur_noise[0] / 255, cfg.blur_noise[1] / 255),
+        }
     if cfg.degradation_id() == "lama-masks":
         opts = {"coverage": cfg.mask_coverage}
         if cfg.mask_dir:
@@ -133,7 +140,8 @@ class Trainer:
             self.wrapped = ddp.wrap(step_module, self.device, find_unused)
             if self.disc is not None:
                 self.wrapped_d = ddp.wrap(self.disc, self.device, False)
-        self.scaler = torch.amp.GradScaler("cuda") if cfg.amp and self.device.type == "cuda" else None
+        self.autocast = autocast_dtype(cfg, self.device.type)
+        self.scaler = torch.amp.GradScaler("cuda") if self.autocast == torch.float16 else None
         self.step = 0
         self.dir = cfg.stage_dir
         self.stop_requested = False
@@ -174,7 +182,7 @@ class Trainer:
         self.step = int(s["step"])
         old = s.get("config", {})
         ignore = {"steps", "resume", "progress", "log_every", "val_every", "save_every", "keep", "max_minutes",
-                  "stop_at", "workers", "threads", "val", "val_images"}  # fmt: skip
+                  "stop_at", "workers", "threads", "val", "val_images", "precision"}  # fmt: skip
         changed = {k for k in old if k not in ignore and old[k] != to_dict(self.cfg).get(k)}
         if changed and self.rank == 0:
             print(f"[training] resuming with changed settings: {', '.join(sorted(changed))}", file=sys.stderr)
@@ -222,7 +230,7 @@ class Trainer:
         self._set_lr(opt, lr)
         opt.zero_grad(set_to_none=True)
         noise_gen = torch.Generator().manual_seed(hash((self.cfg.noise_seed, self.step, self.rank)) % (2**62))
-        amp = torch.autocast("cuda", dtype=torch.float16) if self.scaler is not None else _null()
+        amp = torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None else _null()
         if self.disc is not None:
             self.disc.requires_grad_(False)
         with amp:

@@ -23,7 +23,7 @@ class Stage1Step(nn.Module):
         object.__setattr__(self, "disc", self.objective.disc)
 
     def forward(self, batch: dict[str, torch.Tensor], noise_gen: torch.Generator, warm: bool):
-        out = self.net(batch["lq"], batch["gt"])
+        out = self.net(batch["lq"], batch["gt"]).float()
         loss, logs = self.objective.generator_loss(out, batch)
         logs["loss"] = loss.item()
         return loss, logs, (out if self.disc is not None else None)

@@ -13,6 +13,7 @@ from training.degradations import (
     bicubic_down,
     convolve,
     degrade,
+    dihedral_np,
     load_levin_kernels,
     make_degradation,
     network_input,
@@ -133,3 +134,81 @@ def test_network_input_is_masked_image_then_mask():
     x = network_input(gt, m)
     assert x.shape == (4, 16, 16)
     assert torch.equal(x[3:], m) and torch.equal(x[:3], gt * (1 - m))
+
+
+def _kernel_kinds(deg: MotionBlur, n: int) -> dict[str, int]:
+    """Classify n seeded draws: identity (1x1), mild (<= 9 px synthetic), levin (a real kernel), large."""
+    levin = {
+        k.tobytes() for k in deg.real for k in [np.rot90(k, r) for r in range(4)] + [np.rot90(k.T, r) for r in range(4)]
+    }
+    kinds = {"identity": 0, "mild": 0, "levin": 0, "large": 0}
+    rng = np.random.default_rng(7)
+    for _ in range(n):
+        k = deg.draw(rng, 64, 64)["kernel"]
+        if k.shape == (1, 1):
+            kinds["identity"] += 1
+        elif np.ascontiguousarray(k).tobytes() in levin:
+            kinds["levin"] += 1
+        elif k.shape[0] <= 9:
+            kinds["mild"] += 1
+        else:
+            kinds["large"] += 1
+    return kinds
+
+
+def test_motion_blur_mixture_follows_its_probabilities():
+    deg = MotionBlur(p_real=0.75, kernel_sizes=(11, 27), p_identity=0.2, p_mild=0.25, mild_sizes=(3, 9))
+    n = 2000
+    kinds = _kernel_kinds(deg, n)
+    expected = {"identity": 0.2, "mild": 0.25, "levin": 0.55 * 0.75, "large": 0.55 * 0.25}
+    for kind, p in expected.items():  # binomial: 4 standard deviations
+        assert abs(kinds[kind] / n - p) < 4 * (p * (1 - p) / n) ** 0.5, (kind, kinds)
+
+
+def test_mild_shake_kernels_are_small_centred_and_normalised():
+    deg = MotionBlur(p_real=0.0, p_identity=0.0, p_mild=1.0, mild_sizes=(3, 9))
+    rng = np.random.default_rng(3)
+    sizes = set()
+    for _ in range(200):
+        k = deg.draw(rng, 64, 64)["kernel"]
+        sizes.add(k.shape[0])
+        assert k.shape[0] == k.shape[1] and k.shape[0] % 2 == 1 and 3 <= k.shape[0] <= 9
+        assert k.min() >= 0 and abs(k.sum() - 1) < 1e-9
+        c = (k.shape[0] - 1) / 2  # centred: the blur does not shift the image
+        yy, xx = np.mgrid[0 : k.shape[0], 0 : k.shape[1]]
+        assert abs((k * yy).sum() - c) < 0.5 and abs((k * xx).sum() - c) < 0.5
+    assert sizes == {3, 5, 7, 9}
+
+
+def test_identity_draw_leaves_the_image_sharp_up_to_its_noise():
+    img = _img()
+    deg = MotionBlur(p_real=0.0, p_identity=1.0, noise_sigma=(0.0, 0.0))
+    out = degrade(deg, img, np.random.default_rng(0)).lq
+    assert torch.equal(out, (img * 255).round() / 255)
+    noisy = MotionBlur(p_real=0.0, p_identity=1.0, noise_sigma=(2 / 255, 2 / 255))
+    diff = degrade(noisy, img, np.random.default_rng(0)).lq - img
+    assert 1.5 / 255 < diff.std() < 2.5 / 255
+
+
+def test_motion_blur_without_new_shares_draws_as_before():
+    """p_identity = p_mild = 0 must replay the old two-way mixture draw for draw (seeded batches of
+    earlier runs stay reproducible)."""
+    old = MotionBlur(p_real=0.5, kernel_sizes=(11, 31))
+    rng_a, rng_b = np.random.default_rng(11), np.random.default_rng(11)
+    for _ in range(30):
+        a = old.draw(rng_a, 64, 64)
+        # the old draw: real kernel with p_real, else trajectory of size in range, length U(2, size - 2)
+        if rng_b.random() < 0.5:
+            ref = old.real[int(rng_b.integers(8))]
+            code = int(rng_b.integers(8))
+            ref = dihedral_np(ref, code)
+        else:
+            size = int(rng_b.integers(5, 16)) * 2 + 1
+            ref = random_trajectory_kernel(rng_b, size, float(rng_b.uniform(2.0, size - 2)))
+        assert np.array_equal(a["kernel"], ref)
+        assert a["sigma"] == float(rng_b.uniform(0, 3 / 255)) and a["noise_seed"] == int(rng_b.integers(2**31))
+
+
+def test_motion_blur_rejects_shares_over_one():
+    with pytest.raises(ValueError):
+        MotionBlur(p_real=0.0, p_identity=0.6, p_mild=0.5)
