@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from models.diffir import DiffIRS1
+from models.inpainting import composite
 from training.config import TrainConfig
 from training.degradations import Degradation, network_input
 from training.imageio import list_images, read_image, write_image
@@ -51,7 +52,7 @@ class Validator:
                 out = net(x, generator=torch.Generator().manual_seed(0))[0].cpu()
             out = out.clamp(0, 1)
             if mask is not None:
-                out = mask * out + (1 - mask) * gt
+                out = composite(gt, mask, out)
             for k, v in all_metrics(out, gt, border=self.scale).items():
                 sums[k] = sums.get(k, 0.0) + v
             if j < self.save_n:

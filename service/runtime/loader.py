@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from models.graphs import FORMAT_SUFFIX
+from models.inpainting import network_input
 from service.errors import StartupError
 from service.runtime.base import Backend
 from service.settings import Settings, TaskSettings
@@ -136,7 +137,7 @@ def tuning_input(config, side: int) -> tuple[torch.Tensor, torch.Tensor]:
     if config.kind == "inpaint":
         mask = torch.zeros(1, 1, n, n)
         mask[..., n // 4 : 3 * n // 4, n // 4 : 3 * n // 4] = 1
-        rgb = torch.cat([rgb * (1 - mask), mask], dim=1)
+        rgb = network_input(rgb, mask)
     return rgb, torch.randn(1, config.ipr_dim, generator=gen)
 
 
