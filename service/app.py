@@ -208,9 +208,8 @@ def create_app(
     app.include_router(restore_router)
     app.include_router(routes.router)
     if not settings.metrics_port:
-        app.add_api_route(
-            "/metrics", routes.metrics, methods=routes.READ, summary="Prometheus metrics", response_class=PlainTextResponse
-        )
+        route = routes.read_route(app, "/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+        route(routes.metrics)
     if WEB_DIR.is_dir():
         # The web page is the router's fallback rather than a mount at "/", so API paths keep their
         # precise answers (405 for a wrong method) and only unmatched paths look for a static file.

@@ -3,8 +3,8 @@
 One instance per task. `submit` puts a request in the queue (or refuses at once when the queue
 is full, by count or by total cost such as pixels, or the server drains) and awaits its own
 future. A single loop forms batches: it serves the bucket that holds the oldest waiting request,
-and closes the batch when `max_batch_size` requests of that bucket wait or `max_wait` has passed
-since the oldest arrived. Before a batch
+and closes the batch when `max_batch_size` requests of that bucket wait, their total cost (pixels)
+reaches `max_batch_cost`, or `max_wait` has passed since the oldest arrived. Before a batch
 reaches the model, requests whose deadline passed or whose client went away are dropped. An
 exception in a batch fails exactly that batch's futures; the number of outputs is checked.
 Batches run one after another, so while the model is busy the next batch fills up by itself.
@@ -71,6 +71,7 @@ class Batcher(Generic[I, O]):
         queue_size: int,
         cost: Callable[[I], int] | None = None,
         max_queued_cost: int | None = None,
+        max_batch_cost: int | None = None,
         hooks: BatcherHooks | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -81,6 +82,7 @@ class Batcher(Generic[I, O]):
         self.queue_size = queue_size
         self._cost = cost or (lambda item: 0)
         self.max_queued_cost = max_queued_cost
+        self.max_batch_cost = max_batch_cost
         self._queued_cost = 0
         self.hooks = hooks or BatcherHooks()
         self._clock = clock
@@ -169,7 +171,7 @@ class Batcher(Generic[I, O]):
                 continue
             key = self._oldest_key()
             bucket = self._buckets[key]
-            while len(bucket) < self.max_batch_size and not self._closing:
+            while self._room(bucket) and not self._closing:
                 remaining = bucket[0].enqueued + self.max_wait_s - self._clock()
                 if remaining <= 0:
                     break
@@ -178,7 +180,7 @@ class Batcher(Generic[I, O]):
                     await asyncio.wait_for(self._changed.wait(), timeout=remaining)
                 except asyncio.TimeoutError:
                     break
-            taken = [bucket.popleft() for _ in range(min(len(bucket), self.max_batch_size))]
+            taken = self._take(bucket)
             if not bucket:
                 del self._buckets[key]
             self._count -= len(taken)
@@ -194,6 +196,23 @@ class Batcher(Generic[I, O]):
                 for entry in taken:
                     if not entry.future.done():
                         entry.future.set_exception(exc)
+
+    def _room(self, bucket: deque[_Entry[I, O]]) -> bool:
+        """True while the bucket could take one more request into its batch."""
+        if len(bucket) >= self.max_batch_size:
+            return False
+        return self.max_batch_cost is None or sum(e.cost for e in bucket) < self.max_batch_cost
+
+    def _take(self, bucket: deque[_Entry[I, O]]) -> list[_Entry[I, O]]:
+        """The oldest requests of the bucket up to the count and cost caps (always at least one)."""
+        taken = [bucket.popleft()]
+        cost = taken[0].cost
+        while bucket and len(taken) < self.max_batch_size:
+            if self.max_batch_cost is not None and cost + bucket[0].cost > self.max_batch_cost:
+                break
+            cost += bucket[0].cost
+            taken.append(bucket.popleft())
+        return taken
 
     async def _filter(self, entries: list[_Entry[I, O]]) -> list[_Entry[I, O]]:
         """Drop requests that expired, were abandoned, or whose client disconnected."""

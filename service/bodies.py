@@ -1,29 +1,94 @@
-"""Read a request body under a byte cap and split it into the image (and mask) bytes.
+"""Read a request body under a byte cap, a time limit and a shared byte budget; split it into parts.
 
 The cap is enforced twice: from `Content-Length` before reading anything, and while streaming
 (chunked bodies, lying headers). Compressed bodies (`Content-Encoding: gzip`, ...) are refused
-outright, so nothing can inflate past the cap. Multipart bodies are parsed only after the
-bounded read, with small limits on the number of parts.
+outright, so nothing can inflate past the cap. A body that stalls (nothing for
+`body_idle_timeout_s`) or drags (not complete within `body_timeout_s`) gets 408; a client that
+leaves mid-body is `ClientGone` (499, never a 500). Every byte held by an upload being read or
+decoded is reserved in the process-wide `UploadBudget` first, so stalled uploads cannot pin
+unbounded memory: past the budget a request gets 503 `busy`. Multipart bodies are parsed only
+after the bounded read, with at most 8 file parts and 8 plain fields, and must end with their
+closing delimiter.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from service.errors import ServiceError
 
 MAX_PARTS = 8
+"""At most this many file parts, and separately this many plain fields, in one multipart body."""
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
+class ClientGone(Exception):
+    """The client closed the connection before its answer (HTTP 499, counted as `disconnected`)."""
+
+
+class UploadBudget:
+    """Bytes held by all uploads in flight; `reserve` refuses past the cap (503 `busy`)."""
+
+    def __init__(self, cap: int, report: Callable[[float], None] = lambda n: None) -> None:
+        self.cap = cap
+        self.held = 0
+        self._report = report
+
+    def reserve(self, n: int, retry_after_s: int) -> None:
+        if self.held + n > self.cap:
+            raise ServiceError(
+                "busy",
+                f"uploads in flight hold {self.held} of {self.cap} bytes; this one needs {n} more",
+                {"Retry-After": str(retry_after_s)},
+            )
+        self.held += n
+        self._report(self.held)
+
+    def release(self, n: int) -> None:
+        self.held -= n
+        self._report(self.held)
+
+
+@dataclass
+class BodyLimits:
+    max_bytes: int
+    timeout_s: float
+    idle_timeout_s: float
+    retry_after_s: int
+
+
+class Upload:
+    """One request's reservation in the budget; `release()` is idempotent."""
+
+    def __init__(self, budget: UploadBudget) -> None:
+        self.budget = budget
+        self.held = 0
+
+    def reserve(self, n: int, retry_after_s: int) -> None:
+        self.budget.reserve(n, retry_after_s)
+        self.held += n
+
+    def release(self) -> None:
+        if self.held:
+            self.budget.release(self.held)
+            self.held = 0
+
+
+def _timeout(message: str) -> ServiceError:
+    return ServiceError("request_timeout", message, {"Connection": "close"})
+
+
+async def read_body(request: Request, limits: BodyLimits, upload: Upload) -> bytes:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise ServiceError("unsupported_encoding", f"Content-Encoding {encoding!r} is not accepted; send the raw bytes")
     declared = request.headers.get("content-length")
+    max_bytes = limits.max_bytes
     if declared is not None:
         try:
             length = int(declared)
@@ -31,11 +96,28 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             raise ServiceError("bad_multipart", f"invalid Content-Length {declared!r}") from None
         if length > max_bytes:
             raise ServiceError("body_too_large", f"the body has {length} bytes; the cap is {max_bytes}")
+        upload.reserve(length, limits.retry_after_s)
+    loop = asyncio.get_running_loop()
+    ends = loop.time() + limits.timeout_s
     chunks, total = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        wait = min(limits.idle_timeout_s, ends - loop.time())
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout=max(wait, 0.0))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            if loop.time() >= ends:
+                raise _timeout(f"the body was not complete within {limits.timeout_s:g} s") from None
+            raise _timeout(f"the body sent nothing for {limits.idle_timeout_s:g} s") from None
+        except ClientDisconnect:
+            raise ClientGone("the client closed the connection during the upload") from None
         total += len(chunk)
         if total > max_bytes:
             raise ServiceError("body_too_large", f"the body exceeds the cap of {max_bytes} bytes")
+        if declared is None or total > upload.held:
+            upload.reserve(len(chunk) if declared is None else total - upload.held, limits.retry_after_s)
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -64,8 +146,12 @@ async def split_body(headers: Headers, body: bytes, needs_mask: bool) -> tuple[b
 
 
 async def _split_multipart(headers: Headers, body: bytes, needs_mask: bool) -> tuple[bytes, bytes | None]:
-    if "boundary=" not in headers.get("content-type", ""):
+    content_type = headers.get("content-type", "")
+    if "boundary=" not in content_type:
         raise ServiceError("bad_multipart", "multipart/form-data without a boundary parameter")
+    boundary = content_type.split("boundary=", 1)[1].split(";")[0].strip().strip('"')
+    if f"--{boundary}--".encode("latin-1", "replace") not in body:
+        raise ServiceError("bad_multipart", "the multipart body has no closing delimiter (truncated?)")
     parser = MultiPartParser(headers, _replay(body), max_files=MAX_PARTS, max_fields=MAX_PARTS)
     try:
         form = await parser.parse()

@@ -138,12 +138,11 @@ def mask_for(path: Path, explicit: Path | None) -> Path:
 # --- the model call: one function per way of restoring ---------------------------------------------
 def local_restorer(args: argparse.Namespace) -> Restorer:
     """Load the task's model in this process (the service's own pieces) and return its restore function."""
-    import torch
+    import atexit
 
-    from service.engine import Engine, EngineLimits, Job
     from service.errors import ServiceError, StartupError
-    from service.imaging import decode_image, decode_mask, encode_image
-    from service.runtime.devices import configure_inference_thread, resolve_device
+    from service.pipeline import LocalPipeline, RestoreRequest
+    from service.runtime.devices import resolve_device
     from service.runtime.loader import default_task_settings, load_backend
     from service.server import load_settings
     from service.settings import TaskSettings
@@ -163,33 +162,16 @@ def local_restorer(args: argparse.Namespace) -> Restorer:
     if args.task not in specs:
         raise StartupError(f"unknown task {args.task!r}; configured: {', '.join(specs)}")
     backend = load_backend(args.task, specs[args.task], settings, resolve_device(settings.device))
-    s = settings
-    engine = Engine(
-        args.task,
-        backend,
-        EngineLimits(s.tile_size, s.tile_overlap, s.tile_threshold_pixels, s.bucket_multiple, s.prior_max_pixels),
-    )
-    configure_inference_thread()
+    # the server's own pipeline (decode workers, device queue, tiling, encode); a local run has no deadline to speak of
+    local = settings.model_copy(update={"deadline_s": 86400.0, "tiled_deadline_s": 86400.0, "warmup_size": 0})
+    pipeline = LocalPipeline(local, {args.task: backend})
+    atexit.register(pipeline.close)
 
     def restore(path: Path, mask: Path | None, fmt: str) -> bytes:
         try:
-            image = decode_image(
-                path.read_bytes(),
-                max_pixels=s.max_input_pixels,
-                scale=backend.info.scale,
-                max_output_pixels=s.max_output_pixels,
-            )
-            holes = None
-            if backend.info.needs_mask:
-                mask_data = mask_for(path, mask).read_bytes()
-                found = decode_mask(mask_data, image.size, threshold=s.mask_threshold, max_pixels=s.max_input_pixels)
-                holes = torch.from_numpy(found)[None, None]
-            job = Job(torch.from_numpy(image.take_pixels()).permute(2, 0, 1)[None], holes, args.seed)
-            (out,) = engine.run_batch([job])
-            data, _ = encode_image(
-                out[0].permute(1, 2, 0).numpy(), image, fmt, quality=args.quality, png_level=s.png_compress_level
-            )
-            return data
+            mask_data = mask_for(path, mask).read_bytes() if backend.info.needs_mask else None
+            request = RestoreRequest(args.task, path.read_bytes(), mask_data, args.seed, fmt, args.quality)
+            return pipeline.restore(request).data
         except ServiceError as exc:
             raise FileError(exc.code, str(exc)) from None
 

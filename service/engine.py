@@ -1,10 +1,11 @@
 """One task's model work: jobs in, restored images out (runs on the inference thread).
 
 The engine owns the task-specific tensor plumbing so the batcher stays generic: the inpainting
-input `[image * (1 - mask), mask]` and the official composite `mask * pred + (1 - mask) * image`,
-padding to the shape bucket and cropping back, the per-request seed rule (one noise row per
-request, concatenated, so a result never depends on what else was in its batch), and the
-switch to tiled restoration for large inputs.
+input and composite (defined once in `models.inpainting`), padding to the shape bucket and
+cropping back, the per-request seed rule (one noise row per request, concatenated, so a result
+never depends on what else was in its batch), the tiled restoration of large inputs as separate
+units (`start_tiled`, `step_tiled`, `finish_tiled`: the service runs other batches between them),
+and the refusal of non-finite model outputs (`faults.NonFiniteOutput`: never encoded as an image).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from models.diffir import noise_for_seed
+from models.inpainting import composite, network_input
 from models.sizing import pad_bottom_right, padded_size
+from service.faults import NonFiniteOutput
 from service.runtime.base import Backend
 from service.tiling import TiledRestoration, TilingCancelled, geometry
 
@@ -59,7 +62,10 @@ class Engine:
 
     # --- batching keys ----------------------------------------------------------------------
     def tiled(self, job: Job) -> bool:
-        h, w = job.size
+        return self.tiles(*job.size)
+
+    def tiles(self, h: int, w: int) -> bool:
+        """The one place that decides: inputs above the threshold are restored tile by tile."""
         return self.backend.supports_tiling and h * w > self.limits.tile_threshold_pixels
 
     def bucket(self, job: Job) -> Any:
@@ -67,8 +73,9 @@ class Engine:
         if self.tiled(job):
             return ("tiled", id(job))
         multiple = self.info.size_multiple
-        if self.limits.bucket_multiple:
-            multiple = -(-max(multiple, self.limits.bucket_multiple) // multiple) * multiple
+        coarse = self.limits.bucket_multiple or getattr(self.backend, "bucket_multiple", 0)  # setting, else backend's
+        if coarse:
+            multiple = -(-max(multiple, coarse) // multiple) * multiple
         return padded_size(*job.size, multiple)
 
     # --- model work -------------------------------------------------------------------------
@@ -76,7 +83,7 @@ class Engine:
         if not self.info.needs_mask:
             return job.image
         assert job.mask is not None
-        return torch.cat([job.image * (1 - job.mask), job.mask], dim=1)
+        return network_input(job.image, job.mask)
 
     def noise(self, jobs: list[Job]) -> torch.Tensor:
         return torch.cat([noise_for_seed(j.seed, 1, self.info.ipr_dim) for j in jobs])
@@ -117,6 +124,7 @@ class Engine:
         return pad_bottom_right(x, ph, pw, self.info.pad_mode)  # type: ignore[arg-type]
 
     def _run_tiled(self, job: Job) -> torch.Tensor:
+        """Synchronous tile loop for direct library use; the service drives the same units itself."""
         run = self._start_tiled(job)
         while True:
             if job.cancelled.is_set():
@@ -155,10 +163,12 @@ class Engine:
             return self._finish(job, run.result())
 
     def _finish(self, job: Job, out: torch.Tensor) -> torch.Tensor:
+        if not bool(torch.isfinite(out).all()):
+            raise NonFiniteOutput("the model returned non-finite values (NaN or inf) for this batch")
         out = out.clamp_(0, 1)
         if self.info.needs_mask:
             assert job.mask is not None
-            out = job.mask * out + (1 - job.mask) * job.image
+            out = composite(job.image, job.mask, out)
         return out
 
     def warmup(self, size: int, batch_sizes: tuple[int, ...]) -> None:

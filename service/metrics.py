@@ -119,6 +119,7 @@ class Metrics:
             "Request body bytes held by uploads being read or decoded",
             registry=registry,
         )
+        self.tiles = Counter("diffir_tiles", "Tiles restored for tiled (large) inputs", ["task"], registry=registry)
         self.device_healthy = Gauge(
             "diffir_device_healthy", "0 after a sticky accelerator fault (the process must restart)", registry=registry
         )

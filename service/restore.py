@@ -1,36 +1,41 @@
-"""`POST /restore/{task}`: body -> decode (thread) -> batcher -> encode (thread) -> image bytes.
+"""`POST /restore/{task}`: the HTTP face of `service.pipeline` (auth, body, disconnects, accounting).
 
-Every outcome, good or bad, is counted in `diffir_requests_total{task,code}` and answered with
-`X-Request-ID`; bad input and overload become the precise error codes of `service.errors`,
-never a 500. Only a failure inside the model batch is a 500 (`internal_error`, with the id).
+Order: API key (401) -> task (404) -> strict query values (422) -> body under its caps, timeouts
+and the shared upload budget -> `pipeline.restore`, raced against the client's disconnect. Every
+outcome, including FastAPI's own validation errors, is counted once in
+`diffir_requests_total{task,code}` and answered with `X-Request-ID`; bad input and overload get
+the precise codes of `service.errors`. A client that leaves (mid-upload, queued, or while its tiles
+run) is a 499 counted once as `diffir_rejected_total{reason="disconnected"}`, and its work is
+dropped; only a model failure is a 500.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from typing import Annotated, Literal
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal
 
-import numpy as np
-import torch
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from fastapi.routing import APIRoute
 
 from service.auth import check_api_key
-from service.batcher import DeadlineExceeded, Disconnected, Draining, QueueFull
-from service.bodies import read_body, split_body
-from service.engine import Job
-from service.errors import ServiceError
-from service.imaging import DecodedImage, choose_format, decode_image, decode_mask, encode_image
-from service.imaging.formats import MAX_SIDE
+from service.bodies import BodyLimits, ClientGone, Upload, read_body, split_body
+from service.errors import ServiceError, error_response
 from service.logs import log_event
 from service.metrics import UNKNOWN_TASK
-from service.state import ServiceState, TaskRuntime
+from service.pipeline import RestoreRequest, RestoreResult, task_runtime
+from service.pipeline import restore as run_pipeline
+from service.state import ServiceState
 
-router = APIRouter()
 MAX_SEED = 2**63 - 1
+_DIGITS = re.compile(r"^[0-9]{1,19}$")
+SELF_COUNTED = ("queue_full", "draining", "deadline_exceeded")
+"""Codes the batchers/budget already counted in `diffir_rejected_total` (never count twice)."""
 
 REQUEST_BODY = {
     "required": True,
@@ -71,39 +76,110 @@ RESPONSES = {
 }
 
 
-def error_response(err: ServiceError, request_id: str | None) -> JSONResponse:
-    return JSONResponse(err.body(request_id), status_code=err.status, headers=err.headers)
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
 
 
-def _decode(body_image: bytes, body_mask: bytes | None, rt: TaskRuntime, state: ServiceState) -> tuple:
-    s, info = state.settings, rt.engine.info
-    image = decode_image(
-        body_image, max_pixels=s.max_input_pixels, scale=info.scale, max_output_pixels=s.max_output_pixels
-    )
-    tensor = torch.from_numpy(image.take_pixels()).permute(2, 0, 1)[None]  # NCHW view, channels-last strides
-    mask = None
-    if info.needs_mask:
-        if body_mask is None:
-            raise ServiceError("missing_mask", "this task needs a `mask` file part (white = hole)")
-        holes = decode_mask(body_mask, image.size, threshold=s.mask_threshold, max_pixels=s.max_input_pixels)
-        mask = torch.from_numpy(holes)[None, None]
-    return image, tensor, mask
+State = Annotated[ServiceState, Depends(get_state)]
 
 
-def _encode(out: torch.Tensor, image: DecodedImage, fmt: str, quality: int | None, level: int) -> tuple[bytes, str]:
-    rgb = out[0].permute(1, 2, 0).numpy().astype(np.float32, copy=False)
-    return encode_image(rgb, image, fmt, quality=quality, png_level=level)
+class _Accounting:
+    """Counts one request's outcome once: requests_total, rejected_total, duration, log fields."""
+
+    def __init__(self, request: Request, state: ServiceState, task: str) -> None:
+        self.request, self.state = request, state
+        self.label = task if task in state.tasks else UNKNOWN_TASK
+        self.started = time.perf_counter()
+
+    def done(self, response: Response, timings: dict[str, float] | None = None, reason: str | None = None) -> Response:
+        m = self.state.metrics
+        if reason is not None and self.label != UNKNOWN_TASK:
+            m.rejected.labels(self.label, reason).inc()
+        m.requests.labels(self.label, str(response.status_code)).inc()
+        if self.label != UNKNOWN_TASK:
+            m.request_duration.labels(self.label).observe(time.perf_counter() - self.started)
+        fields = {k: round(v * 1000, 2) for k, v in (timings or {}).items()}
+        self.request.state.log_fields = {"task": self.label, **fields}
+        return response
 
 
-def _overload(exc: Exception, retry_after: int) -> ServiceError:
-    headers = {"Retry-After": str(retry_after)}
-    if isinstance(exc, QueueFull):
-        return ServiceError("queue_full", str(exc), headers)
-    if isinstance(exc, Draining):
-        return ServiceError("draining", str(exc), headers)
-    if isinstance(exc, DeadlineExceeded):
-        return ServiceError("deadline_exceeded", str(exc))
-    return ServiceError("client_closed_request", str(exc))
+def _rejection(err: ServiceError) -> str | None:
+    if err.status >= 500 or err.code in SELF_COUNTED:
+        return None
+    return "disconnected" if err.code == "client_closed_request" else err.code
+
+
+class CountedRoute(APIRoute):
+    """FastAPI validates query values before the handler runs; count and order those answers too.
+
+    A request that fails validation still gets 401 without the key and 404 for an unknown task
+    (those checks come first), then 422 `bad_parameter`, and it is counted like any other.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def counted(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                state: ServiceState = request.app.state.service
+                task = request.path_params.get("task", "")
+                books = _Accounting(request, state, task)
+                parts = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:])}: {e.get('msg')}" for e in exc.errors()]
+                err = ServiceError("bad_parameter", "; ".join(parts) or "invalid parameters")
+                try:
+                    _check_access(request, state, task)
+                except ServiceError as first:
+                    err = first
+                response = error_response(err, getattr(request.state, "request_id", None))
+                return books.done(response, reason=_rejection(err))
+
+        return counted
+
+
+router = APIRouter(route_class=CountedRoute)
+
+
+def _check_access(request: Request, state: ServiceState, task: str) -> None:
+    """401 before anything else, then 404 for an unknown task."""
+    s = state.settings
+    check_api_key(request, s.api_key.get_secret_value() if s.api_key else None)
+    if task not in state.tasks:
+        raise ServiceError("unknown_task", f"unknown task {task!r}; configured: {', '.join(state.tasks)}")
+
+
+def _strict_integers(request: Request) -> None:
+    """`seed=1.0`, `+5`, `1_000` would pass int parsing: only plain decimal digits are accepted."""
+    for name in ("seed", "quality"):
+        for value in request.query_params.getlist(name):
+            if not _DIGITS.match(value):
+                raise ServiceError("bad_parameter", f"{name}: {value[:40]!r} is not a plain decimal integer")
+
+
+async def _until_disconnect(request: Request, work: Coroutine[Any, Any, RestoreResult]) -> RestoreResult:
+    """Run `work`, cancelling it the moment the client goes away (ClientGone)."""
+    task = asyncio.ensure_future(work)
+
+    async def client_left() -> None:
+        while True:  # after the body, the server only ever delivers http.disconnect
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(client_left())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientGone("the client went away before its answer")
+    return task.result()
 
 
 @router.post(
@@ -111,96 +187,48 @@ def _overload(exc: Exception, retry_after: int) -> ServiceError:
 )
 async def restore(
     request: Request,
+    state: State,
     task: str,
     seed: Annotated[int, Query(ge=0, le=MAX_SEED, description="noise seed; same input + seed -> same bytes")] = 0,
     format: Annotated[Literal["png", "jpeg", "webp"] | None, Query(description="output format")] = None,
     quality: Annotated[int | None, Query(ge=1, le=100, description="JPEG/WebP quality")] = None,
 ) -> Response:
-    state: ServiceState = request.app.state.service
     request_id: str = request.state.request_id
-    started = time.perf_counter()
-    rt = state.tasks.get(task)
-    label = task if rt is not None else UNKNOWN_TASK
-    timings: dict[str, float] = {}
+    books = _Accounting(request, state, task)
+    s = state.settings
+    upload = Upload(state.uploads)
     try:
-        response = await _restore(request, rt, task, state, seed, format, quality, timings)
+        _check_access(request, state, task)
+        _strict_integers(request)
+        rt = task_runtime(state, task)
+        limits = BodyLimits(s.max_body_bytes, s.body_timeout_s, s.body_idle_timeout_s, s.retry_after_s)
+        body = await read_body(request, limits, upload)
+        image, mask = await split_body(request.headers, body, rt.engine.info.needs_mask)
+        del body
+        req = RestoreRequest(task, image, mask, seed, format, quality, request_id, upload.release)
+        del image, mask
+        result = await _until_disconnect(request, run_pipeline(state, req))
     except ServiceError as err:
-        response = error_response(err, request_id)
-        if err.status != 500 and rt is not None and err.code not in ("queue_full", "draining", "deadline_exceeded"):
-            state.metrics.rejected.labels(label, err.code).inc()
+        return books.done(error_response(err, request_id), reason=_rejection(err))
+    except ClientGone as gone:
+        if books.label != UNKNOWN_TASK:
+            state.metrics.disconnected.labels(books.label).inc()
+        err = ServiceError("client_closed_request", str(gone))
+        return books.done(error_response(err, request_id), reason="disconnected")
     except asyncio.CancelledError:
         # uvicorn cancels what is still running when the drain time is over: answer 503 `draining`
         # (the client may retry elsewhere) rather than letting the server turn it into a bare 500.
         if not state.draining:
             raise
-        retry = {"Retry-After": str(state.settings.retry_after_s)}
-        response = error_response(ServiceError("draining", "shut down before this request finished", retry), request_id)
-        if rt is not None:
-            state.metrics.rejected.labels(label, "draining").inc()
+        retry = {"Retry-After": str(s.retry_after_s)}
+        err = ServiceError("draining", "shut down before this request finished", retry)
+        return books.done(error_response(err, request_id), reason="draining")
     except Exception:
         log_event("restore failed", logging.ERROR, exc_info=True, request_id=request_id, task=task)
-        failure = ServiceError("internal_error", "restoring this request failed (its batch failed in the model)")
-        response = error_response(failure, request_id)
-    elapsed = time.perf_counter() - started
-    state.metrics.requests.labels(label, str(response.status_code)).inc()
-    if rt is not None:
-        state.metrics.request_duration.labels(label).observe(elapsed)
-    request.state.log_fields = {"task": label, **{k: round(v * 1000, 2) for k, v in timings.items()}}
-    return response
-
-
-async def _restore(
-    request: Request,
-    rt: TaskRuntime | None,
-    task: str,
-    state: ServiceState,
-    seed: int,
-    fmt: str | None,
-    quality: int | None,
-    timings: dict[str, float],
-) -> Response:
-    s = state.settings
-    check_api_key(request, s.api_key.get_secret_value() if s.api_key else None)
-    if rt is None:
-        raise ServiceError("unknown_task", f"unknown task {task!r}; configured: {', '.join(state.tasks)}")
-    if state.draining:
-        raise ServiceError("draining", "the server is shutting down", {"Retry-After": str(s.retry_after_s)})
-    arrived = time.perf_counter()
-    body = await read_body(request, s.max_body_bytes)
-    image_bytes, mask_bytes = await split_body(request.headers, body, rt.engine.info.needs_mask)
-    t0 = time.perf_counter()
-    async with state.decode_slots:
-        image, tensor, mask = await run_in_threadpool(_decode, image_bytes, mask_bytes, rt, state)
-    del body, image_bytes, mask_bytes
-    timings["decode"] = time.perf_counter() - t0
-    h, w = image.size
-    out_fmt = choose_format(fmt, image)
-    side = max(h, w) * rt.engine.info.scale
-    if side > MAX_SIDE[out_fmt]:
-        raise ServiceError(
-            "bad_parameter", f"{out_fmt} holds at most {MAX_SIDE[out_fmt]} px per side; the output has {side}"
-        )
-    state.metrics.input_pixels.labels(rt.name).observe(h * w)
-    job = Job(tensor, mask, seed)
-    deadline = s.tiled_deadline_s if rt.engine.tiled(job) else s.deadline_s
-    remaining = deadline - (time.perf_counter() - arrived)
-
-    async def alive() -> bool:
-        return not await request.is_disconnected()
-
-    try:
-        out, waited = await rt.lane(job).submit(job, deadline_s=remaining, alive=alive)
-    except (QueueFull, Draining, DeadlineExceeded, Disconnected) as exc:
-        job.cancelled.set()  # a tiled restoration already running stops at its next tile
-        raise _overload(exc, s.retry_after_s) from None
-    except asyncio.CancelledError:
-        job.cancelled.set()
-        raise
-    timings["queue"] = waited
-    timings["inference"] = job.timings.get("inference", 0.0)
-    t1 = time.perf_counter()
-    data, media_type = await run_in_threadpool(_encode, out, image, out_fmt, quality, s.png_compress_level)
-    timings["encode"] = time.perf_counter() - t1
-    server_timing = ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in timings.items())
-    headers = {"Server-Timing": server_timing, "X-Batch-Size": str(int(job.timings.get("batch", 1)))}
-    return Response(data, media_type=media_type, headers=headers)
+        err = ServiceError("internal_error", "restoring this request failed")
+        return books.done(error_response(err, request_id))
+    finally:
+        upload.release()
+    timing = ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in result.timings.items())
+    headers = {"Server-Timing": timing, "X-Batch-Size": str(result.batch_size)}
+    return books.done(Response(result.data, media_type=result.media_type, headers=headers), result.timings)

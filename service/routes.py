@@ -1,10 +1,17 @@
-"""Thin read-only endpoints: `/healthz`, `/readyz`, `/tasks`, `/metrics`."""
+"""Thin read-only endpoints: `/healthz`, `/readyz`, `/tasks`, `/metrics` (GET and HEAD).
+
+`/healthz` is liveness: 503 after a sticky accelerator fault (an illegal address or a device-side
+assert poisons the CUDA context, so every later batch would fail): the orchestrator restarts the
+pod. `/readyz` is 200 only when every task is warmed, the device is healthy and no drain runs.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -19,17 +26,32 @@ def _state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-@router.get("/healthz", summary="the process is alive")
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+State = Annotated[ServiceState, Depends(_state)]
 
 
-@router.get("/readyz", summary="200 only when every task is loaded and warmed (503 before and while draining)")
-async def readyz(request: Request) -> JSONResponse:
-    state = _state(request)
+def read_route(target: Any, path: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """GET (documented) plus HEAD (same handler, kept out of the schema: one operation id per path)."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        target.add_api_route(path, fn, methods=["GET"], **kwargs)
+        target.add_api_route(path, fn, methods=["HEAD"], include_in_schema=False, **kwargs)
+        return fn
+
+    return register
+
+
+@read_route(router, "/healthz", summary="the process is alive (503 after a sticky device fault)")
+async def healthz(state: State) -> JSONResponse:
+    if state.device_error is not None:
+        return JSONResponse({"status": "device_failed", "error": state.device_error}, status_code=503)
+    return JSONResponse({"status": "ok"})
+
+
+@read_route(router, "/readyz", summary="200 only when every task is warmed and the device healthy (503 otherwise)")
+async def readyz(state: State) -> JSONResponse:
     if state.ready:
         return JSONResponse({"status": "ready"})
-    status = "draining" if state.draining else "warming"
+    status = "device_failed" if state.device_error else "draining" if state.draining else "warming"
     return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": "1"})
 
 
@@ -73,12 +95,11 @@ def describe_task(rt: TaskRuntime, state: ServiceState) -> dict:
     }
 
 
-@router.get("/tasks", summary="each task's model, backend, real execution provider and limits")
-async def tasks(request: Request) -> dict:
-    state = _state(request)
+@read_route(router, "/tasks", summary="each task's model, backend, real execution provider and limits")
+async def tasks(state: State) -> dict:
     return {"tasks": [describe_task(rt, state) for rt in state.tasks.values()], "ready": state.ready}
 
 
-async def metrics(request: Request) -> Response:
+async def metrics(state: State) -> Response:
     """Prometheus text format from the app's own registry."""
-    return Response(generate_latest(_state(request).metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,6 +1,7 @@
 """Run the app under uvicorn: one-line start-up faults, drain on SIGTERM/SIGINT.
 
-On a stop signal the service first turns not-ready and refuses new restore requests (503
+Connections get a header timeout and JSON framing errors (`service.http_protocol`) and the
+configured keep-alive timeout. On a stop signal the service first turns not-ready and refuses new restore requests (503
 `draining`), then uvicorn stops accepting connections and waits up to `DIFFIR_DRAIN_SECONDS`
 for accepted requests, which the still-running batchers finish; then the lifespan closes them.
 """
@@ -12,6 +13,9 @@ import sys
 from typing import Any
 
 from service.errors import StartupError
+from service.settings import load_settings
+
+__all__ = ["load_settings", "main"]
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -20,19 +24,6 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="port (default DIFFIR_PORT or 8000)")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="DIFFIR_LOG_LEVEL")
     return parser.parse_args(argv)
-
-
-def load_settings(overrides: dict[str, Any]) -> Any:
-    """Settings from the environment plus CLI overrides, or `StartupError` with one line."""
-    from pydantic import ValidationError
-    from pydantic_settings import SettingsError
-
-    from service.settings import Settings, describe_validation_error
-
-    try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except (ValidationError, SettingsError, ValueError) as exc:
-        raise StartupError(describe_validation_error(exc)) from None
 
 
 def main(argv: list[str]) -> int:
@@ -55,6 +46,7 @@ def main(argv: list[str]) -> int:
     import warnings
 
     from service.app import create_app
+    from service.http_protocol import protocol_with_timeout
     from service.logs import log_event
     from service.state import load_backends
 
@@ -83,6 +75,8 @@ def main(argv: list[str]) -> int:
         log_config=None,
         log_level=settings.log_level,
         access_log=False,
+        http=protocol_with_timeout(settings.header_timeout_s),
+        timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=max(int(settings.drain_seconds), 1),
         lifespan="on",
     )

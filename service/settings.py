@@ -211,3 +211,16 @@ def describe_validation_error(exc: Exception) -> str:
         where = name + ("[" + ".".join(loc[1:]) + "]" if len(loc) > 1 else "")
         parts.append(f"{where}: {err.get('msg')}")
     return "invalid settings: " + "; ".join(parts)
+
+
+def load_settings(overrides: dict[str, Any]) -> Any:
+    """Settings from the environment plus CLI overrides, or `StartupError` with one line."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    from service.errors import StartupError
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except (ValidationError, SettingsError, ValueError) as exc:
+        raise StartupError(describe_validation_error(exc)) from None

@@ -20,11 +20,11 @@ from service.imaging.formats import OUTPUT_FORMATS
 DEFAULT_QUALITY = 90
 
 
-def choose_format(requested: str | None, source: DecodedImage) -> str:
-    """`png` unless asked otherwise; JPEG inputs default to JPEG."""
+def choose_format(requested: str | None, source_format: str) -> str:
+    """`png` unless asked otherwise; JPEG inputs (Pillow's format name of the upload) default to JPEG."""
     if requested:
         return requested
-    return "jpeg" if source.format == "JPEG" else "png"
+    return "jpeg" if source_format == "JPEG" else "png"
 
 
 def _resize_alpha(alpha: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -185,6 +185,53 @@ def mask_of(size: tuple[int, int], mode: str, value: int | tuple) -> bytes:
     return encode(Image.new(mode, size, value))
 
 
+# --- findings of the request-path review: files that lied, crashed or cost too much -----------------------------------
+def tiff16_leading_axis() -> bytes:
+    """16-bit RGB stored with a leading axis of one, (1, 8, 8, 3): a valid 8 x 8 image (was a 500)."""
+    import tifffile
+
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.full((1, 8, 8, 3), 30000, np.uint16), photometric="rgb")
+    return buf.getvalue()
+
+
+def apng_understating_frames() -> bytes:
+    """An APNG whose `acTL` says 1 frame but whose chunks hold 2 (was a 200 with the first frame)."""
+    first, second = frames(2)
+    buf = io.BytesIO()
+    first.save(buf, "PNG", save_all=True, append_images=[second], duration=100, loop=0)
+    data = buf.getvalue()
+    at = data.index(b"acTL") - 4
+    (length,) = struct.unpack(">I", data[at : at + 4])
+    payload = struct.pack(">II", 1, 0)
+    return data[:at] + chunk(b"acTL", payload) + data[at + 12 + length :]
+
+
+def tiff_chained_ifds(count: int) -> bytes:
+    """A TIFF whose first IFD chains `count` empty IFDs (Pillow counts them quadratically: 10 s at 40,000)."""
+    data = bytearray(encode(gradient(8, 8), "TIFF"))
+    (first,) = struct.unpack_from("<I", data, 4)
+    (entries,) = struct.unpack_from("<H", data, first)
+    pointer = first + 2 + 12 * entries
+    start = len(data)
+    struct.pack_into("<I", data, pointer, start)
+    for i in range(count):
+        following = start + 6 * (i + 1) if i < count - 1 else 0
+        data += struct.pack("<HI", 0, following)
+    return bytes(data)
+
+
+def unterminated_multipart() -> tuple[bytes, dict[str, str]]:
+    """A multipart body cut before its closing delimiter (was 422 missing_image)."""
+    body, headers = multipart(("image", IMG, "a.png"))
+    return body[: body.rindex(f"--{BOUNDARY}--".encode())], headers
+
+
+def lossless_webp(side: int) -> bytes:
+    """A flat lossless WebP: a few hundred bytes that decode to side x side RGB."""
+    return encode(Image.new("RGB", (side, side), (255, 255, 255)), "WEBP", lossless=True)
+
+
 # --- the table ------------------------------------------------------------------------------------------------------
 @dataclass
 class Case:
@@ -226,8 +273,8 @@ CASES: list[Case] = [
         "form",
         "deblur",
         lambda: (b"--x\r\nnonsense", {"content-type": "multipart/form-data; boundary=x"}),
-        422,
-        "missing_image",
+        400,
+        "bad_multipart",  # no closing delimiter: malformed, not an empty form
     ),
     Case(
         "missing image part (mask only)",
@@ -611,5 +658,45 @@ CASES: list[Case] = [
         422,
         "bad_parameter",
         query={"format": "webp"},
+    ),
+    # findings of the request-path review (each failed before the pipeline rework)
+    Case(
+        "16-bit RGB TIFF with a leading axis of one",
+        "findings",
+        "deblur",
+        lambda: raw(tiff16_leading_axis(), "image/tiff"),
+        200,
+        check=lambda im: im.size == (8, 8) and im.mode in ("RGB", "I;16", "RGBA"),
+    ),
+    Case(
+        "APNG whose acTL understates its frames",
+        "findings",
+        "deblur",
+        lambda: raw(apng_understating_frames()),
+        422,
+        "multi_frame_image",
+    ),
+    Case(
+        "TIFF chaining 40,000 empty IFDs",
+        "findings",
+        "deblur",
+        lambda: raw(tiff_chained_ifds(40_000), "image/tiff"),
+        422,
+        "multi_frame_image",
+    ),
+    Case("multipart without its closing delimiter", "findings", "deblur", unterminated_multipart, 400, "bad_multipart"),
+    Case("seed 1.0", "findings", "deblur", lambda: raw(IMG), 422, "bad_parameter", query={"seed": "1.0"}),
+    Case("seed +5", "findings", "deblur", lambda: raw(IMG), 422, "bad_parameter", query={"seed": "+5"}),
+    Case("seed 1_000", "findings", "deblur", lambda: raw(IMG), 422, "bad_parameter", query={"seed": "1_000"}),
+    Case(
+        "unknown task with a bad seed", "findings", "nope", lambda: raw(IMG), 404, "unknown_task", query={"seed": "-1"}
+    ),
+    Case(
+        "512² lossless WebP mask with a 24 x 16 image",
+        "findings",
+        "inpaint",
+        lambda: multipart(("image", IMG, "a.png"), ("mask", lossless_webp(512), "m.webp")),
+        422,
+        "bad_mask",
     ),
 ]
