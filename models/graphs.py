@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from models.diffir import DiffIRS2
+from models.inpainting import network_input
 
 
 class FullGraph(nn.Module):
@@ -157,7 +158,7 @@ def example_inputs(net: DiffIRS2, graph: str, batch: int, h: int, w: int, seed: 
     lq = torch.rand((batch, cfg.image_channels, h, w), generator=gen)
     if cfg.kind == "inpaint":
         mask = (torch.rand((batch, 1, h, w), generator=gen) > 0.7).float()
-        lq = torch.cat([lq[:, :3] * (1 - mask), mask], dim=1)
+        lq = network_input(lq[:, :3], mask)
     vec = torch.randn((batch, cfg.ipr_dim), generator=gen)
     if graph == "restorer":
         with torch.no_grad():
