@@ -229,3 +229,15 @@ def test_the_windowed_prior_is_exact(checkpoints) -> None:
     with torch.no_grad():
         whole, windowed = net.prior(lq, noise), net.prior_windowed(lq, noise, window=8)
     assert torch.allclose(windowed, whole, atol=1e-5)
+
+
+def test_cuda_onnx_backends_get_coarser_shape_buckets(checkpoints) -> None:
+    """Fewer distinct shapes reach cuDNN: the backend's bucket multiple applies unless the setting is given."""
+    from service.engine import Engine, EngineLimits, Job
+
+    backend = TorchBackend(checkpoints["deblur"], None, CPU)
+    job = Job(torch.rand(1, 3, 40, 24), None, seed=0)
+    assert Engine("d", backend, EngineLimits(512, 32, 10**7, 0)).bucket(job) == (40, 24)
+    backend.bucket_multiple = 64  # what OnnxBackend sets on CUDA
+    assert Engine("d", backend, EngineLimits(512, 32, 10**7, 0)).bucket(job) == (64, 64)
+    assert Engine("d", backend, EngineLimits(512, 32, 10**7, 16)).bucket(job) == (48, 32), "an explicit setting wins"
