@@ -1,7 +1,11 @@
 """torchrun / DDP plumbing: process group, device per rank, the DDP wrapper.
 
-`torchrun --nproc-per-node N -m training stage1 ...` sets RANK/WORLD_SIZE/LOCAL_RANK; we use NCCL
-on CUDA and gloo on CPU. Without those variables everything here is a no-op (rank 0 of 1).
+`torchrun --nproc-per-node N -m training stage1 ...` sets RANK/WORLD_SIZE/LOCAL_RANK. The
+process-group backend is NCCL where CUDA is available and gloo otherwise; `DIFFIR_DIST_BACKEND`
+(`nccl` or `gloo`) overrides that, e.g. gloo to train on the CPUs of a GPU machine. Every rank
+binds its own GPU (`LOCAL_RANK`) before the process group exists, so that NCCL and every later
+`cuda` allocation use that GPU rather than each opening a context on GPU 0. Without the torchrun
+variables everything here is a no-op (rank 0 of 1).
 """
 
 from __future__ import annotations
@@ -13,10 +17,25 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+BACKEND_ENV = "DIFFIR_DIST_BACKEND"
+BACKENDS = ("nccl", "gloo")
+
+
+def process_group_backend() -> str:
+    """`DIFFIR_DIST_BACKEND` when set, else NCCL with CUDA and gloo without."""
+    choice = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if choice:
+        if choice not in BACKENDS:
+            raise ValueError(f"{BACKEND_ENV}={choice!r}: expected one of {', '.join(BACKENDS)}")
+        return choice
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
 
 def init() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("DIFFIR_BACKEND") != "gloo" else "gloo"
+        backend = process_group_backend()
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank())
         dist.init_process_group(backend)
 
 
