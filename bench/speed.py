@@ -64,8 +64,8 @@ def psnr(out: torch.Tensor, ref: torch.Tensor) -> float:
     return psnr_db(out, ref)
 
 
-def _candidates(checkpoint: Path, cache: Path, threads: int):
-    """What auto times on this machine, plus TorchScript for comparison."""
+def _candidates(checkpoint: Path, cache: Path, threads: int, torchscript: bool = True):
+    """What auto times on this machine, plus (optionally) TorchScript for comparison."""
     from service.runtime.autotune import Candidate
     from service.runtime.loader import _exported, auto_candidates
     from service.settings import Settings, TaskSettings
@@ -75,10 +75,13 @@ def _candidates(checkpoint: Path, cache: Path, threads: int):
     cpu = torch.device("cpu")
     found = auto_candidates(checkpoint, spec, settings, cpu)
     ts = partial(_exported, checkpoint, spec, "torchscript", settings, cpu)
-    return [*found, Candidate("torchscript-fp32", "torchscript", "fp32", ts)], settings
+    extra = [Candidate("torchscript-fp32", "torchscript", "fp32", ts)] if torchscript else []
+    return [*found, *extra], settings
 
 
-def bench_task(task_name: str, sides: list[int], reps: int, cache: Path, threads: int, peak: float) -> dict:
+def bench_task(
+    task_name: str, sides: list[int], reps: int, cache: Path, threads: int, peak: float, torchscript: bool = True
+) -> dict:
     from service.runtime.autotune import tune
     from service.runtime.loader import tuning_input
 
@@ -86,7 +89,7 @@ def bench_task(task_name: str, sides: list[int], reps: int, cache: Path, threads
     checkpoint = task.default_checkpoint_path()
     assert checkpoint is not None
     net = load_model(checkpoint).eval()
-    candidates, settings = _candidates(checkpoint, cache, threads)
+    candidates, settings = _candidates(checkpoint, cache, threads, torchscript)
     backends = {}
     for cand in candidates:
         started = time.perf_counter()
@@ -193,22 +196,23 @@ def bench_official_preset(side: int, reps: int, cache: Path, threads: int, peak:
     return rows
 
 
-def bench_large(side: int, tiles: list[int], cache: Path, threads: int, chosen: str) -> list[dict]:
-    """One `side`² deblur through the engine (tiles, global IPR) with the auto-chosen backend, per tile size."""
+def bench_large(side: int, tiles: list[int], cache: Path, threads: int, labels: list[str]) -> list[dict]:
+    """One `side`² deblur through the engine (tiles, global IPR) per backend and tile size, round-robin."""
     from service.engine import Engine, EngineLimits, Job
     from service.runtime.loader import tuning_input
 
     checkpoint = TASKS["deblur"].default_checkpoint_path()
     assert checkpoint is not None
-    candidates, _ = _candidates(checkpoint, cache, threads)
-    backend = next(c for c in candidates if c.label == chosen).build()
+    candidates, _ = _candidates(checkpoint, cache, threads, torchscript=False)
+    backends = {c.label: c.build() for c in candidates if c.label in labels}
     image = tuning_input(load_model(checkpoint).config, side)[0]
     rows = []
     for tile in tiles:
-        engine = Engine("deblur", backend, EngineLimits(tile, 32, 1024 * 1024, 0))
-        seconds = _timed(lambda engine=engine: engine.run_batch([Job(image, None, seed=0)]))
-        rows.append({"task": "deblur", "candidate": chosen, "side": side, "tile": tile, "seconds": seconds})
-        log.info("large %d² tile %d: %.1f s", side, tile, seconds)
+        for label, backend in backends.items():
+            engine = Engine("deblur", backend, EngineLimits(tile, 32, 1024 * 1024, 0))
+            seconds = _timed(lambda engine=engine: engine.run_batch([Job(image, None, seed=0)]))
+            rows.append({"task": "deblur", "candidate": label, "side": side, "tile": tile, "seconds": seconds})
+            log.info("large %d² %s tile %d: %.1f s", side, label, tile, seconds)
     return rows
 
 
@@ -288,6 +292,8 @@ def _md(report: dict[str, Any]) -> str:
         lines += ["", "## A large deblur through the engine (tiles + one global IPR)", "",
                   "| input | backend | tile | seconds |", "|---|---|---|---|"]  # fmt: skip
         lines += [f"| {r['side']}² | {r['candidate']} | {r['tile']} | {r['seconds']:.1f} |" for r in report["large"]]
+        lines += ["", "Time grows with the pixel count (one tile after another), so a 4096² input takes about "
+                  "(4096 / side)² times the time above."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -299,8 +305,9 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--official-side", type=int, default=256, help="0 skips the official preset")
-    parser.add_argument("--large-side", type=int, default=0, help="e.g. 2048: a tiled deblur of this size")
-    parser.add_argument("--tiles", default="512")
+    parser.add_argument("--large-side", type=int, default=2048, help="a tiled deblur of this size (0 skips it)")
+    parser.add_argument("--tiles", default="256,512,768", help="tile edges to time the large deblur with")
+    parser.add_argument("--skip-torchscript", action="store_true", help="leave TorchScript out (slow to trace)")
     parser.add_argument("--cache", type=Path, help="cache folder for exports (default: the service's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -318,13 +325,15 @@ def main(argv=None) -> int:
     cache = cache_root(args.cache)
     for task in args.tasks.split(","):
         sides = [int(s) for s in args.sizes.split(",")]
-        report["tasks"][task] = bench_task(task, sides, args.reps, cache, args.threads, peak["fp32"])
+        report["tasks"][task] = bench_task(
+            task, sides, args.reps, cache, args.threads, peak["fp32"], not args.skip_torchscript
+        )
     if args.official_side:
         report["official"] = bench_official_preset(args.official_side, args.reps, cache, args.threads, peak["fp32"])
     if args.large_side and "deblur" in report["tasks"]:
-        chosen = report["tasks"]["deblur"]["auto"]["chosen"]
+        labels = sorted({"torch-fp32", report["tasks"]["deblur"]["auto"]["chosen"]})
         tiles = [int(t) for t in args.tiles.split(",")]
-        report["large"] = bench_large(args.large_side, tiles, cache, args.threads, chosen)
+        report["large"] = bench_large(args.large_side, tiles, cache, args.threads, labels)
     report["meta"] = {
         "threads": args.threads,
         "torch": torch.__version__,
