@@ -79,7 +79,7 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
         finally:
             fields = scope["state"].get("log_fields", {})
-            quiet = scope.get("path") in QUIET_PATHS and status < 400
+            quiet = scope.get("path") in QUIET_PATHS  # a 503 from /readyz while warming up is the probe's job
             log_event(
                 "request",
                 logging.DEBUG if quiet else logging.INFO,
