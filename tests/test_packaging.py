@@ -244,3 +244,15 @@ def test_images_install_their_own_lock() -> None:
         assert "package-data does not list" not in text and "copytree" not in text
         assert "pip uninstall" not in text
     assert Marker("python_version >= '3.11'").evaluate(IMAGE_PLATFORM)
+
+
+def test_make_serve_installs_only_serving_with_cpu_torch() -> None:
+    """`make serve`'s environment: CPU torch from PyTorch's CPU index, then `.[serve,onnxruntime]` and nothing
+    else; the dev stack (Playwright, schemathesis, ...) only for `make test`."""
+    text = (ROOT / "Makefile").read_text()
+    serve_recipe = text.split("$(SERVE_STAMP): pyproject.toml", 1)[1].split("\n\n", 1)[0]
+    installs = re.findall(r"pip install --quiet (.+)", serve_recipe)
+    assert installs == ["--upgrade pip", "$(TORCH_PIP)", '-e ".[serve,onnxruntime]"'], installs
+    assert "TORCH_INDEX ?= https://download.pytorch.org/whl/cpu" in text
+    assert re.search(r"^serve: \$\(SERVE_STAMP\)$", text, re.M)
+    assert re.search(r"^test: \$\(STAMP\)", text, re.M) and '-e ".[serve,onnxruntime,train,dev]"' in text
