@@ -6,6 +6,9 @@
 
 Errors come back as `ClientError` carrying the server's stable `code`, the HTTP status and the
 request id, so callers can branch on `err.code == "queue_full"` and honour `err.retry_after`.
+
+It needs only httpx: `pip install diffir-serve` (no extras) installs it and `diffir-restore --server URL`
+without torch or the models (tests/test_packaging.py proves it in a fresh virtualenv).
 """
 
 from __future__ import annotations
