@@ -1,0 +1,57 @@
+"""`bench/gpu_check.sh` in its CPU dry run: the same steps as on a GPU, JSON after every step, loud failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = ["environment", "eager_parity", "torchscript", "eager_speed", "onnxruntime", "pytest_gpu", "http", "throughput"]
+
+
+def _run(out: Path, **env: str) -> tuple[subprocess.CompletedProcess, dict]:
+    full_env = {**os.environ, "DIFFIR_GPU_CHECK_CPU": "1", "DIFFIR_GPU_CHECK_OUT": str(out), **env}
+    full_env.pop("OUT", None)
+    res = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, env=full_env, capture_output=True, text=True,
+                         timeout=600)  # fmt: skip
+    return res, json.loads((out / "gpu_check.json").read_text())
+
+
+@pytest.mark.slow
+def test_cpu_dry_run_passes_every_step(tmp_path):
+    res, report = _run(tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    steps = report["steps"]
+    assert list(steps) == STEPS
+    assert {name: s["status"] for name, s in steps.items()} == dict.fromkeys(STEPS, "pass")
+    # written once at the start, once after each step, once at the end
+    assert report["writes"] == len(STEPS) + 2 and report["finished"] and report["failed"] == []
+    # what the steps compared, not just that they ran
+    parity = steps["eager_parity"]["details"]
+    assert {f"{t} {p}" for t in ("deblur", "sr-x4", "inpaint") for p in ("fp32", "bf16")} <= set(parity)
+    assert all(parity[k]["finite"] and parity[k]["max_abs_err"] <= parity[k]["tol"] for k in parity if k != "size")
+    http = steps["http"]["details"]
+    assert http["deblur"]["psnr_vs_cpu_db"] >= 40 and http["inpaint"]["psnr_vs_cpu_db"] >= 40
+    assert {r["provider"] for r in http["providers"].values()} == {"cpu"}
+    gpu_tests = steps["pytest_gpu"]["details"]
+    assert gpu_tests["tests"] > 0 and gpu_tests["skipped"] == gpu_tests["tests"], "no CUDA here: all skipped"
+    assert steps["onnxruntime"]["details"]["runs"]["CPUExecutionProvider"]["in_use"] == "CPUExecutionProvider"
+    rows = steps["throughput"]["details"]["deblur"]
+    assert all(r["statuses"] == {"200": r["requests"]} for r in rows)
+    assert max(r["max_batch"] for r in rows) > 1, "concurrent requests never shared a batch"
+    assert (tmp_path / "gpu_check.md").read_text().count("| deblur |") == len(rows)
+
+
+def test_a_failed_step_fails_the_run_and_the_rest_still_runs(tmp_path):
+    res, report = _run(tmp_path, DIFFIR_GPU_CHECK_STEPS="environment,onnxruntime",
+                       DIFFIR_GPU_CHECK_BREAK="environment")  # fmt: skip
+    assert res.returncode == 1
+    assert report["steps"]["environment"]["status"] == "fail"
+    assert "deliberately broken" in report["steps"]["environment"]["details"]["error"]
+    assert report["steps"]["onnxruntime"]["status"] == "pass"
+    assert report["failed"] == ["environment"] and report["writes"] == 4
+    assert "FAILED: environment" in res.stderr
