@@ -66,6 +66,15 @@ train-defaults: $(STAMP)
 	$(PY) -m training.defaults ship
 	for t in deblur sr-x4 inpaint; do $(PY) -m training evaluate --task $$t --out runs/defaults/$$t/eval || exit 1; done
 
+# On a lent GPU: continue the three shipped models in ~8 minutes of device time (bf16, 256 px x 32),
+# checkpoints under $(GPU_OUT) (on a device machine: $$OUT, which comes back). GPU_DATA: a copy of the
+# shared data folder (train/ + tasks/deblur/kernels/) when ../shared is not there. `--dry-run` is in make test.
+GPU_OUT ?= $(if $(OUT),$(OUT),runs/gpu)
+GPU_DATA ?=
+.PHONY: train-gpu
+train-gpu: $(STAMP)
+	$(PY) -m training.gpu_recipe --out $(GPU_OUT) --minutes 8 $(if $(GPU_DATA),--data-root $(GPU_DATA))
+
 # Serving images, tagged as k8s/ deploys them: $(IMAGE):$(VERSION)-cuda (k8s/base) and -cpu (k8s/overlays/cpu).
 # `make image` builds both (Docker with BuildKit), `make image-push` also pushes them (.github/workflows/release.yml
 # runs it on a version tag). Another registry: `make image-push IMAGE=registry.example.com/diffir-serve`, then

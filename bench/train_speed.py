@@ -1,14 +1,29 @@
-"""Training-throughput benchmark (issue 3): images/s of a small preset's training step at 64x64 and
-128x128 patches, and the data pipeline's samples/s and step-waiting share with 0 and 2 workers.
+"""Training throughput, fp32 against bf16 autocast, on the deblur stage-2 recipe that continues the shipped model.
 
-`python -m bench.train_speed [--out bench/results] [--steps N] [--threads T]`. The machine is
-shared, so every number is a median over repetitions and the load average is recorded beside it.
+`python -m bench.train_speed [--out bench/results] [--threads 1] [--patch 96] [--batch 4] [--reps 5]
+[--curve-steps 500] [--curve-patch 32] [--curve-batch 2]`.
+
+Two measurements, each from one process with the variants interleaved, so the shared machine's load
+falls on both alike:
+
+* step rate: seconds per optimisation step (forward, backward, Adam) at the recipe's patch and batch,
+  fp32 and bf16 alternating, `--reps` steps each after a warm-up step; median and min.
+* loss: two copies of the same network from the same weights trained on the same seeded batches,
+  one fp32 and one bf16, one step of each in turn; the L1 loss of every step, compared per window of
+  steps (both see identical batches, so their difference is the precision's effect, and its spread
+  over windows is the noise it is compared with).
+
+The recipe is `training/configs/deblur-s2-noharm.toml` (teacher-free: the serving path is trained).
+Results go whole to `<out>/train_speed.json` and `.md`, with the machine's CPU flags and load.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
+import logging
 import os
 import platform
 import statistics
@@ -17,108 +32,183 @@ from pathlib import Path
 
 import torch
 
-from training.config import TrainConfig
+from models.tasks import get_task
+from training.config import TrainConfig, apply_overrides, autocast_dtype, load_config_file
 from training.datasets import PatchSchedule, Phase, UnpairedDataset, make_loader
-from training.degradations import SHARED_DATA, make_degradation
-from training.stage1 import Stage1Step
+from training.loop import build_degradation
 from training.stage2 import Stage2Step
 
+RECIPE = Path(__file__).resolve().parents[1] / "training" / "configs" / "deblur-s2-noharm.toml"
+PRECISIONS = ("fp32", "bf16")
+log = logging.getLogger("bench.train_speed")
 
-def step_speed(task: str, stage: int, patch: int, batch: int, steps: int, tmp: Path) -> dict:
-    """Median seconds of one optimisation step on random tensors (no data loading)."""
-    cfg = TrainConfig(task=task, stage=stage, out=str(tmp / task), patches=(patch,), batches=(batch,))
-    if stage == 2:
-        from models import DiffIRS1, save_checkpoint
 
-        save_checkpoint(DiffIRS1(cfg.model_config()), tmp / task / "s1" / "model_latest.safetensors")
-    mod = Stage1Step(cfg, torch.device("cpu")) if stage == 1 else Stage2Step(cfg, torch.device("cpu"))
-    opt = torch.optim.Adam(mod.net.parameters(), lr=1e-4)
-    mc = cfg.model_config()
-    g = torch.Generator().manual_seed(0)
-    lq = torch.rand((batch, mc.image_channels, patch // mc.scale, patch // mc.scale), generator=g)
-    batch_d = {"lq": lq, "gt": torch.rand((batch, 3, patch, patch), generator=g)}
-    if mc.kind == "inpaint":
-        batch_d["mask"] = lq[:, 3:]
-    times = []
-    for i in range(steps + 1):
+def recipe(patch: int, batch: int, data: str = "") -> TrainConfig:
+    cfg = TrainConfig(task="deblur", stage=2)
+    values = load_config_file(RECIPE)
+    if data:
+        values["data"] = [data]
+    cfg = apply_overrides(cfg, values, str(RECIPE))
+    student = str(get_task("deblur").default_checkpoint_path())
+    return apply_overrides(cfg, {"patches": [patch], "batches": [batch], "init_student": student}, "bench")
+
+
+class Variant:
+    """One network + optimiser trained at one precision."""
+
+    def __init__(self, cfg: TrainConfig, precision: str, module: Stage2Step | None = None) -> None:
+        self.cfg = apply_overrides(cfg, {"precision": precision}, "bench")
+        self.precision = precision
+        self.module = module if module is not None else Stage2Step(self.cfg, torch.device("cpu"))
+        self.opt = torch.optim.Adam(self.module.net.parameters(), lr=self.cfg.lr, betas=self.cfg.betas)
+        self.dtype = autocast_dtype(self.cfg, "cpu")
+
+    def step(self, batch: dict[str, torch.Tensor], seed: int) -> tuple[float, float]:
+        """One optimisation step; returns (seconds, loss)."""
         t0 = time.perf_counter()
-        opt.zero_grad()
-        loss, _, _ = mod(batch_d, torch.Generator().manual_seed(i), False)
+        self.opt.zero_grad(set_to_none=True)
+        ctx = torch.autocast("cpu", dtype=self.dtype) if self.dtype else contextlib.nullcontext()
+        with ctx:
+            loss, _, _ = self.module(batch, torch.Generator().manual_seed(seed), False)
         loss.backward()
-        opt.step()
-        if i:  # the first step pays one-time allocation costs
-            times.append(time.perf_counter() - t0)
-    med = statistics.median(times)
+        torch.nn.utils.clip_grad_norm_(self.module.net.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        return time.perf_counter() - t0, loss.item()
+
+
+def batches(cfg: TrainConfig, n: int) -> list[dict[str, torch.Tensor]]:
+    """n seeded training batches of the recipe (the same for every variant)."""
+    patch, batch = cfg.patches[0], cfg.batches[0]
+    ds = UnpairedDataset(cfg.data, build_degradation(cfg), seed=cfg.seed, augment=cfg.augment)
+    loader = make_loader(ds, PatchSchedule([Phase(n, patch, batch)]), 0, n, workers=0)
+    return [{k: v for k, v in b.items() if k in ("lq", "gt")} for b in loader]
+
+
+def step_rate(cfg: TrainConfig, reps: int) -> dict:
+    variants = {p: Variant(cfg, p) for p in PRECISIONS}
+    data = batches(cfg, 1)[0]
+    times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+    for p in PRECISIONS:  # warm-up: one-time allocations and kernel selection
+        variants[p].step(data, 0)
+    for i in range(reps):
+        for p in PRECISIONS:
+            dt, _ = variants[p].step(data, i + 1)
+            times[p].append(dt)
+            log.info("step rate %s rep %d: %.2f s", p, i, dt)
+    out = {p: {"s_per_step_median": statistics.median(t), "s_per_step_min": min(t), "samples": t}
+           for p, t in times.items()}  # fmt: skip
+    out["bf16_speedup_median"] = out["fp32"]["s_per_step_median"] / out["bf16"]["s_per_step_median"]
+    return out
+
+
+def loss_curves(cfg: TrainConfig, steps: int, window: int) -> dict:
+    base = Variant(cfg, "fp32")
+    other = Variant(cfg, "bf16", module=copy.deepcopy(base.module))
+    losses: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for i, batch in enumerate(batches(cfg, steps)):
+        for v in (base, other):
+            _, loss = v.step(batch, i)
+            losses[v.precision].append(loss)
+        if (i + 1) % window == 0:
+            log.info("loss step %d: fp32 %.4f bf16 %.4f", i + 1, losses["fp32"][-1], losses["bf16"][-1])
+    n = len(losses["fp32"]) // window
+    means = {p: [statistics.fmean(v[k * window : (k + 1) * window]) for k in range(n)] for p, v in losses.items()}
+    diffs = [b - a for a, b in zip(means["fp32"], means["bf16"])]
+    last = [b - a for a, b in zip(losses["fp32"][-window:], losses["bf16"][-window:])]
     return {
-        "task": task,
-        "stage": stage,
-        "patch": patch,
-        "batch": batch,
-        "s_per_step": med,
-        "images_per_s": batch / med,
+        "steps": steps,
+        "window": window,
+        "window_means": means,
+        "bf16_minus_fp32_per_window": diffs,
+        "last_window_mean_diff": statistics.fmean(last),
+        "last_window_diff_sem": statistics.stdev(last) / len(last) ** 0.5 if len(last) > 1 else float("nan"),
+        "last_window_fp32_loss_std": statistics.stdev(losses["fp32"][-window:]) if window > 1 else float("nan"),
     }
 
 
-def loader_speed(task: str, patch: int, batch: int, workers: int, steps: int) -> dict:
-    spec_deg = {"deblur": "motion-blur", "sr-x4": "bicubic", "inpaint": "lama-masks"}[task]
-    scale = 4 if task == "sr-x4" else 1
-    ds = UnpairedDataset([SHARED_DATA / "train"], make_degradation(spec_deg, scale), seed=0)
-    loader = make_loader(ds, PatchSchedule([Phase(steps, patch, batch)]), 0, steps, workers=workers)
-    t0 = time.perf_counter()
-    n = sum(b["gt"].shape[0] for b in loader)
-    dt = time.perf_counter() - t0
-    return {"task": task, "patch": patch, "batch": batch, "workers": workers, "samples_per_s": n / dt}
+def cpu_flags() -> list[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "avx_vnni")))
 
 
-def waiting_share(task: str, patch: int, batch: int, workers: int, steps: int, step_s: float) -> float:
-    """Share of a simulated training loop (sleep = one model step) spent waiting for the loader."""
-    spec_deg = {"deblur": "motion-blur", "sr-x4": "bicubic", "inpaint": "lama-masks"}[task]
-    ds = UnpairedDataset([SHARED_DATA / "train"], make_degradation(spec_deg, 4 if task == "sr-x4" else 1), seed=0)
-    loader = make_loader(ds, PatchSchedule([Phase(steps, patch, batch)]), 0, steps, workers=workers)
-    wait = total = 0.0
-    it = iter(loader)
-    next(it)  # start-up of the workers is not steady-state waiting
-    mark = time.perf_counter()
-    for _ in it:
-        now = time.perf_counter()
-        wait += now - mark
-        time.sleep(step_s)
-        total += time.perf_counter() - mark
-        mark = time.perf_counter()
-    return wait / total
+def markdown(r: dict) -> str:
+    s = r["step_rate"]
+    c = r["loss"]
+    lines = [
+        "# Training step rate: fp32 against bf16 autocast (deblur stage-2 recipe, one run)",
+        "",
+        f"Machine: {r['machine']}, CPU capability {r['cpu_capability']}, flags {', '.join(r['cpu_flags'])}; "
+        f"torch {r['torch']}, {r['threads']} thread(s); load average {r['load_average_start'][0]:.1f} at the "
+        f"start, {r['load_average_end'][0]:.1f} at the end (a shared machine: compare the variants, which ran "
+        "interleaved, not absolute times).",
+        "",
+        f"Step rate at patch {s['patch']} x batch {s['batch']} (the recipe's), {s['reps']} interleaved steps each:",
+        "",
+        "| precision | s/step median | s/step min |",
+        "|---|---|---|",
+    ]
+    for p in PRECISIONS:
+        lines.append(f"| {p} | {s[p]['s_per_step_median']:.2f} | {s[p]['s_per_step_min']:.2f} |")
+    lines += [
+        "",
+        f"bf16 / fp32 speed: x{s['bf16_speedup_median']:.2f} (median).",
+        "",
+        f"Loss over {c['steps']} steps at patch {c['patch']} x batch {c['batch']} (a small patch so that both "
+        f"curves fit one run on this CPU), same weights and batches, means per {c['window']} steps:",
+        "",
+        "| steps | fp32 L1 | bf16 L1 | bf16 - fp32 |",
+        "|---|---|---|---|",
+    ]
+    for k, (a, b) in enumerate(zip(c["window_means"]["fp32"], c["window_means"]["bf16"])):
+        lines.append(f"| {k * c['window'] + 1}-{(k + 1) * c['window']} | {a:.4f} | {b:.4f} | {b - a:+.5f} |")
+    lines += [
+        "",
+        f"Last window: bf16 - fp32 = {c['last_window_mean_diff']:+.5f} +- {c['last_window_diff_sem']:.5f} "
+        f"(standard error), against a step-to-step loss spread of {c['last_window_fp32_loss_std']:.4f}.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.train_speed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="bench/results")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--tasks", nargs="+", default=["deblur", "sr-x4", "inpaint"])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--patch", type=int, default=96)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--curve-steps", type=int, default=500)
+    parser.add_argument("--curve-patch", type=int, default=32)
+    parser.add_argument("--curve-batch", type=int, default=2)
+    parser.add_argument("--window", type=int, default=100)
+    parser.add_argument("--data", default="", help="training images (default: the recipe's)")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
-    tmp = Path(args.out) / "train_speed_tmp"
-    result: dict = {"threads": args.threads, "torch": torch.__version__, "machine": platform.processor() or "cpu"}
-    result["load_average_start"] = os.getloadavg()
-    result["steps"] = [
-        step_speed(task, stage, patch, 8, args.steps, tmp)
-        for task in args.tasks
-        for stage in (1, 2)
-        for patch in (64, 128)
-    ]
-    result["loader"] = [loader_speed(t, 64, 8, w, 4 * args.steps) for t in args.tasks for w in (0, 2)]
-    for t in args.tasks:
-        step = next(s for s in result["steps"] if s["task"] == t and s["stage"] == 1 and s["patch"] == 64)
-        result.setdefault("wait_share_2_workers", {})[t] = waiting_share(
-            t, 64, 8, 2, 4 * args.steps, step["s_per_step"]
-        )
+    result: dict = {
+        "recipe": str(RECIPE.relative_to(RECIPE.parents[2])),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": cpu_flags(),
+        "load_average_start": os.getloadavg(),
+    }
+    rate = step_rate(recipe(args.patch, args.batch, args.data), args.reps)
+    result["step_rate"] = {"patch": args.patch, "batch": args.batch, "reps": args.reps, **rate}
+    window = min(args.window, args.curve_steps)
+    curve = loss_curves(recipe(args.curve_patch, args.curve_batch, args.data), args.curve_steps, window)
+    result["loss"] = {"patch": args.curve_patch, "batch": args.curve_batch, **curve}
     result["load_average_end"] = os.getloadavg()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_speed.json").write_text(json.dumps(result, indent=2) + "\n")
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
-    print(json.dumps(result, indent=2))
+    (out / "train_speed.md").write_text(markdown(result))
+    log.info("%s", markdown(result))
     return 0
 
 
