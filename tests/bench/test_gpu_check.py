@@ -55,3 +55,29 @@ def test_a_failed_step_fails_the_run_and_the_rest_still_runs(tmp_path):
     assert report["steps"]["onnxruntime"]["status"] == "pass"
     assert report["failed"] == ["environment"] and report["writes"] == 4
     assert "FAILED: environment" in res.stderr
+
+
+def test_missing_packages_are_unpacked_from_carried_wheels(tmp_path, monkeypatch):
+    """What the environment step does on a machine without the serving packages (offline, no pip)."""
+    import sys
+    import zipfile
+
+    from bench import gpu_check
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    with zipfile.ZipFile(wheels / "diffir_probe_pkg-1.0-py3-none-any.whl", "w") as whl:
+        whl.writestr("diffir_probe_pkg/__init__.py", "ANSWER = 42\n")
+        whl.writestr(
+            "diffir_probe_pkg-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: diffir-probe-pkg\nVersion: 1.0\n"
+        )
+    monkeypatch.setattr(gpu_check, "NEEDED", {"diffir_probe_pkg": "diffir-probe-pkg"})
+    monkeypatch.setenv("DIFFIR_WHEELS", str(wheels))
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    ctx = gpu_check.Context(gpu_check.Plan.for_machine(cpu=True), tmp_path / "out", tmp_path / "tmp")
+    assert gpu_check.install_missing(ctx) == ["diffir_probe_pkg-1.0-py3-none-any.whl"]
+    import diffir_probe_pkg
+
+    assert diffir_probe_pkg.ANSWER == 42
+    assert ctx.env["PYTHONPATH"].split(os.pathsep)[0] == str(tmp_path / "tmp" / "site")
+    sys.modules.pop("diffir_probe_pkg")
