@@ -52,7 +52,8 @@ def test_stage2_learns_from_the_stage1_teacher(stage1_run, tmp_path):
     rec = _losses(cfg.stage_dir, "rec")
     assert len(diff) == 40 and len(rec) == 30  # 10 warm-up steps optimise L_diff only
     assert sum(diff[-5:]) / 5 < 0.5 * sum(diff[:5]) / 5
-    assert sum(rec[-5:]) / 5 < sum(rec[:5]) / 5
+    # its own first steps are the baseline: measured last/first 0.30 for L_rec (0.20 for L_diff)
+    assert sum(rec[-5:]) / 5 < 0.5 * sum(rec[:5]) / 5, rec
     net = load_model(cfg.stage_dir / "model_latest.safetensors")
     s1 = load_stage1_model(stage1_run.stage_dir / "model_latest.safetensors")
     assert net.config == s1.config
