@@ -11,10 +11,13 @@ never see half an export.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -51,8 +54,13 @@ def export_folder(cache: Path, checkpoint_sha256: str, fmt: str) -> Path:
     return cache / "exports" / f"{checkpoint_sha256[:16]}-{fmt}-torch{torch.__version__.replace('+', '_')}"
 
 
-def cached_export(checkpoint: Path, variant: str | None, fmt: str, cache: Path) -> Path:
-    """Path of the checkpoint's `prior` artifact in `fmt` (its `restorer` sibling next to it), built if missing."""
+def cached_export(checkpoint: Path, variant: str | None, fmt: str, cache: Path, timeout_s: float | None = None) -> Path:
+    """Path of the checkpoint's `prior` artifact in `fmt` (its `restorer` sibling next to it), built if missing.
+
+    With `timeout_s`, a missing export is built in a child process that is killed after that
+    many seconds (a RuntimeError): tracing a graph cannot be interrupted in-process, and an
+    auto-tuning start must not hang on a candidate that would take many minutes to prepare.
+    """
     from models.checkpoint import load_model, read_checkpoint, sha256_file
 
     _, meta = read_checkpoint(checkpoint)
@@ -62,6 +70,8 @@ def cached_export(checkpoint: Path, variant: str | None, fmt: str, cache: Path) 
     target = folder / artifact_name(name, SPLIT_GRAPHS[0], fmt)
     if all((folder / artifact_name(name, g, fmt)).is_file() for g in SPLIT_GRAPHS):
         return target
+    if timeout_s is not None:
+        return _export_in_child(checkpoint, variant, fmt, cache, timeout_s, target)
     net = load_model(checkpoint, variant=variant).eval()
     base = meta or {"variant": net.config.name, "config": net.config.to_dict(), "stage": "s2"}
     base = {**base, "sha256": sha}
@@ -89,3 +99,36 @@ def cached_export(checkpoint: Path, variant: str | None, fmt: str, cache: Path) 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def _export_in_child(checkpoint: Path, variant: str | None, fmt: str, cache: Path, timeout_s: float, target: Path):
+    command = [sys.executable, "-m", "service.runtime.exports", str(checkpoint), fmt, str(cache),
+               "--threads", str(torch.get_num_threads())] + (["--variant", variant] if variant else [])  # fmt: skip
+    try:
+        subprocess.run(command, check=True, timeout=timeout_s, capture_output=True, text=True)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"exporting {checkpoint.name} to {fmt} took over {timeout_s:g} s") from None
+    except subprocess.CalledProcessError as exc:
+        lines = (exc.stderr or "").strip().splitlines()
+        raise RuntimeError(f"exporting {checkpoint.name} to {fmt} failed: {lines[-1] if lines else exc}") from None
+    if not target.is_file():
+        raise RuntimeError(f"exporting {checkpoint.name} to {fmt} wrote no {target.name}")
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="build a checkpoint's cached exports (used as a child process)")
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("format", choices=["onnx", "torchscript"])
+    parser.add_argument("cache", type=Path)
+    parser.add_argument("--variant")
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cached_export(args.checkpoint, args.variant, args.format, args.cache)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -28,6 +28,9 @@ from service.runtime.base import Backend
 from service.settings import Settings, TaskSettings
 
 _FORMAT = {"onnxruntime": "onnx", "torchscript": "torchscript"}
+AUTO_EXPORT_TIMEOUT_S = 240.0
+"""`auto` gives up on a candidate whose first-use export takes longer (a huge traced graph on a
+busy CPU); an explicit `DIFFIR_BACKEND=onnxruntime` waits for as long as the export takes."""
 
 
 def default_task_settings() -> dict[str, TaskSettings]:
@@ -67,7 +70,14 @@ def _from_artifact(artifact: Path, backend: str, settings: Settings, device: tor
     return TorchScriptBackend(graphs, device)
 
 
-def _exported(checkpoint: Path, spec: TaskSettings, backend: str, settings: Settings, device: torch.device) -> Backend:
+def _exported(
+    checkpoint: Path,
+    spec: TaskSettings,
+    backend: str,
+    settings: Settings,
+    device: torch.device,
+    timeout_s: float | None = None,
+) -> Backend:
     """An exported backend for a checkpoint: its shipped/exported sibling, or a cached export."""
     fmt = _FORMAT[backend]
     beside = checkpoint.with_name(f"{checkpoint.stem}.full{FORMAT_SUFFIX[fmt]}")
@@ -75,7 +85,7 @@ def _exported(checkpoint: Path, spec: TaskSettings, backend: str, settings: Sett
         from service.runtime.cache import cache_root
         from service.runtime.exports import cached_export
 
-        beside = cached_export(checkpoint, spec.variant, fmt, cache_root(settings.cache_dir))
+        beside = cached_export(checkpoint, spec.variant, fmt, cache_root(settings.cache_dir), timeout_s)
     return _from_artifact(beside, backend, settings, device)
 
 
@@ -114,7 +124,7 @@ def auto_candidates(checkpoint: Path, spec: TaskSettings, settings: Settings, de
                 "onnxruntime-fp32",
                 "onnxruntime",
                 "fp32",
-                partial(_exported, checkpoint, spec, "onnxruntime", settings, device),
+                partial(_exported, checkpoint, spec, "onnxruntime", settings, device, AUTO_EXPORT_TIMEOUT_S),
             )
         )
     if want not in (None, "fp32"):  # the reference still runs (it judges the others) but cannot win

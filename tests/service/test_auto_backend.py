@@ -135,11 +135,18 @@ def test_onnxruntime_from_a_bare_checkpoint_exports_on_first_use(checkpoints, tm
     """DIFFIR_BACKEND=onnxruntime with only a checkpoint: exports built once, parity-checked, reused."""
     from service.runtime.loader import load_backend
 
+    from service.runtime.exports import cached_export
+
+    with pytest.raises(RuntimeError, match="took over"):  # what `auto` does with an export too slow to wait for
+        cached_export(checkpoints["deblur"], None, "onnx", tmp_path, timeout_s=0.05)
+    assert not list((tmp_path / "exports").glob("*/*.onnx")), "a killed export leaves nothing to reuse"
+    built = cached_export(checkpoints["deblur"], None, "onnx", tmp_path, timeout_s=900)  # in a child process
     settings = Settings(backend="onnxruntime", cache_dir=tmp_path)
     spec = TaskSettings(checkpoint=checkpoints["deblur"])
     onnx = load_backend("deblur", spec, settings, CPU)
+    assert Path(onnx.info.source) == built
     assert onnx.name == "onnxruntime" and onnx.supports_tiling
-    (folder,) = (tmp_path / "exports").iterdir()
+    (folder,) = (p for p in (tmp_path / "exports").iterdir() if not p.name.startswith("."))
     stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
     assert set(stamps) == {f"deblur.{g}.onnx{s}" for g in ("prior", "restorer") for s in ("", ".json")}
     eager = TorchBackend(checkpoints["deblur"], None, CPU)
