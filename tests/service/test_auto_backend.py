@@ -72,7 +72,8 @@ def test_auto_picks_the_fastest_accepted_candidate_and_reuses_the_cached_choice(
     assert first.tuning["chosen"] == "fast-and-close" and not first.tuning["cached"]
     assert first.precision == "bf16" and len(built) == 4 and cache.path.is_file()
     built.clear()
-    again = choose(fake_candidates(clock, built), lambda: pytest.fail("a cached choice must not tune"), cache, clock=clock)
+    no_tuning = lambda: pytest.fail("a cached choice must not tune")  # noqa: E731
+    again = choose(fake_candidates(clock, built), no_tuning, cache, clock=clock)
     assert built == ["fast-and-close"], "only the cached choice is built"
     assert again.tuning["cached"] and again.tuning["chosen"] == "fast-and-close"
     assert {t["label"]: t["seconds"] for t in again.tuning["trials"]}["reference"] == 3.0
@@ -116,9 +117,9 @@ def test_cpu_bf16_precision_runs_in_bf16(checkpoints) -> None:
 @pytest.mark.anyio
 async def test_auto_with_an_explicit_precision_serves_it_and_reports_every_candidate(checkpoints, tmp_path) -> None:
     """`auto` + DIFFIR_PRECISION=bf16: fp32 is timed as the reference only; /tasks and the metrics say so."""
-    settings = make_settings(
-        {"deblur": checkpoints["deblur"]}, backend="auto", precision="bf16", cache_dir=tmp_path, autotune_size=16, warmup_size=8
-    )
+    tasks = {"deblur": checkpoints["deblur"]}
+    sizes = {"autotune_size": 16, "warmup_size": 8}
+    settings = make_settings(tasks, backend="auto", precision="bf16", cache_dir=tmp_path, **sizes)
     async for live in start_app(settings):
         (task,) = (await live.client.get("/tasks")).json()["tasks"]
         metrics = (await live.client.get("/metrics")).text
@@ -127,15 +128,15 @@ async def test_auto_with_an_explicit_precision_serves_it_and_reports_every_candi
     assert task["autotune"]["chosen"] == "torch-bf16" and set(trials) == {"torch-fp32", "torch-bf16"}
     assert not trials["torch-fp32"]["accepted"] and trials["torch-bf16"]["psnr_db"] >= 45
     assert all(t["seconds"] > 0 for t in trials.values())
-    assert 'diffir_backend_candidate_seconds{accepted="true",candidate="torch-bf16",chosen="1",task="deblur"}' in metrics
+    series = 'diffir_backend_candidate_seconds{accepted="true",candidate="torch-bf16",chosen="1",task="deblur"}'
+    assert series in metrics
     assert list((tmp_path / "autotune").glob("*.json")), "the choice is cached"
 
 
 def test_onnxruntime_from_a_bare_checkpoint_exports_on_first_use(checkpoints, tmp_path) -> None:
     """DIFFIR_BACKEND=onnxruntime with only a checkpoint: exports built once, parity-checked, reused."""
-    from service.runtime.loader import load_backend
-
     from service.runtime.exports import cached_export
+    from service.runtime.loader import load_backend
 
     with pytest.raises(RuntimeError, match="took over"):  # what `auto` does with an export too slow to wait for
         cached_export(checkpoints["deblur"], None, "onnx", tmp_path, timeout_s=0.05)
@@ -203,8 +204,8 @@ def test_cuda_device_without_the_cuda_provider_refuses_to_start(checkpoints, tmp
 
     from service.runtime.artifacts import find_graphs
     from service.runtime.onnx_backend import OnnxBackend
-    from tests.service.exporting import export
     from tests.service.conftest import tiny_model
+    from tests.service.exporting import export
 
     paths = export(tiny_model("deblur"), checkpoints["deblur"], tmp_path, "deblur", "onnx", graphs=("full",))
     graphs = find_graphs(paths["full"])
