@@ -7,6 +7,9 @@ so only one byte per pixel travels back for it.
 from __future__ import annotations
 
 import numpy as np
+import png  # noqa: F401  (pypng and tifffile: imported once in the fork server, not per worker)
+import tifffile  # noqa: F401
+from PIL import Image
 
 from service.imaging.decode import DecodeLimits, RawPixels, check_mask_size, decode_pixels, mask_holes
 
@@ -24,3 +27,4 @@ def decode_upload(
 
 
 JOBS = {"upload": decode_upload}
+Image.init()  # every Pillow plugin registered before the fork: a worker's first file opens as fast as its last

@@ -3,7 +3,7 @@
 Why processes: a decoder inside a C library (libjpeg, libwebp, zlib) cannot be interrupted from
 Python, so a thread that decodes a hostile file holds its slot, its memory and a core for as long as
 the file wants (a 2 MB progressive JPEG of 160,000 scans: 90 s). A worker process can be killed the
-moment its budget is spent, and replaced from the fork server in ~30 ms. Each worker also runs under
+moment its budget is spent; the next job forks a fresh one from the fork server. Each worker also runs under
 an address-space limit (`RLIMIT_AS`), so a decode that needs more memory fails alone (413
 `decode_too_large`) instead of the server. The cheap structural limits of `imaging.containers` catch
 the known slow shapes before a worker is involved; the budget is the backstop for every other one.
@@ -32,6 +32,7 @@ from typing import Any
 from service.errors import ServiceError, describe_exception
 
 MAX_WARNINGS = 8
+STARTUP_TIMEOUT_S = 120.0
 WARNING_CHARS = 300
 _CONTEXT: Any = None
 
@@ -72,6 +73,7 @@ def _serve(conn: Connection, memory_bytes: int | None, niceness: int) -> None:
 
     warnings.simplefilter("always")  # never remembered per text: the registry cannot grow
     warnings.showwarning = keep
+    conn.send(("ready",))
     while True:
         try:
             name, args = conn.recv()
@@ -99,6 +101,10 @@ class _Worker:
         self.proc = ctx.Process(target=_serve, args=(child, memory_bytes, niceness), daemon=True)
         self.proc.start()
         child.close()
+        # a worker imports the parent's __main__ module first (multiprocessing's rule): wait until it can serve
+        if not self.conn.poll(STARTUP_TIMEOUT_S) or self.conn.recv() != ("ready",):
+            self.kill()
+            raise RuntimeError(f"a decode worker did not start within {STARTUP_TIMEOUT_S:g} s")
 
     def call(self, name: str, args: tuple, timeout_s: float) -> tuple:
         """Blocking round trip (runs in a thread); DecodeTimeout / WorkerCrashed on failure."""
@@ -120,56 +126,72 @@ class _Worker:
 
 @dataclass
 class DecodePool:
-    """`size` workers; `run` waits for an idle one, or kills and replaces it past the budget."""
+    """Up to `size` workers, started on demand (`start` pre-starts `warm` of them); a worker that
+    overruns its budget or crashes is killed, and the next job that needs one starts a fresh one."""
 
     size: int
     memory_bytes: int | None
     niceness: int = 0
+    warm: int = 1
     on_wait_change: Callable[[int], None] = lambda waiting: None
     waiting: int = 0
-    _idle: asyncio.Queue[_Worker] = field(default_factory=asyncio.Queue)
+    _slots: asyncio.Semaphore | None = None
+    _idle: list[_Worker] = field(default_factory=list)
     _threads: ThreadPoolExecutor | None = None
     _all: set[_Worker] = field(default_factory=set)
-    _replacing: set[asyncio.Task[None]] = field(default_factory=set)
+    _killing: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def start(self) -> None:
+        self._slots = asyncio.Semaphore(self.size)
         self._threads = ThreadPoolExecutor(self.size, thread_name_prefix="diffir-decode")
-        for _ in range(self.size):
-            await self._spawn()
+        workers = await asyncio.gather(*(self._new() for _ in range(min(self.warm, self.size))))
+        self._idle.extend(workers)
 
-    async def _spawn(self) -> None:
+    async def _new(self) -> _Worker:
         worker = await asyncio.to_thread(_Worker, self.memory_bytes, self.niceness)
         self._all.add(worker)
-        self._idle.put_nowait(worker)
+        return worker
 
-    async def _replace(self, worker: _Worker) -> None:
+    async def _worker(self) -> _Worker:
+        if self._idle:
+            return self._idle.pop()
+        starting = asyncio.ensure_future(self._new())
+        try:
+            return await asyncio.shield(starting)
+        except asyncio.CancelledError:  # keep the worker being started for the next job
+            starting.add_done_callback(lambda f: f.cancelled() or f.exception() or self._idle.append(f.result()))
+            raise
+
+    def _discard(self, worker: _Worker) -> None:
         self._all.discard(worker)
-        await asyncio.to_thread(worker.kill)
-        await self._spawn()
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(worker.kill))
+        self._killing.add(task)
+        task.add_done_callback(self._killing.discard)
 
     async def run(self, name: str, args: tuple, budget_s: float) -> tuple[Any, list[str]]:
         """(result, warnings); ServiceError from the job; DecodeTimeout / WorkerCrashed from the budget."""
+        assert self._slots is not None, "start() the pool first"
+        started = time.monotonic()
         self.waiting += 1
         self.on_wait_change(self.waiting)
         try:
-            started = time.monotonic()
-            worker = await asyncio.wait_for(self._idle.get(), timeout=max(budget_s, 0.0))
+            await asyncio.wait_for(self._slots.acquire(), timeout=max(budget_s, 0.0))
         except asyncio.TimeoutError:
             raise DecodeTimeout(f"no decode worker became free within {budget_s:.3g} s") from None
         finally:
             self.waiting -= 1
             self.on_wait_change(self.waiting)
-        left = budget_s - (time.monotonic() - started)
-        loop = asyncio.get_running_loop()
         try:
-            reply = await loop.run_in_executor(self._threads, worker.call, name, args, left)
-        except (DecodeTimeout, WorkerCrashed, asyncio.CancelledError):
-            # answer now; the worker is killed and replaced in the background (a fork: ~30 ms)
-            task = loop.create_task(self._replace(worker))
-            self._replacing.add(task)
-            task.add_done_callback(self._replacing.discard)
-            raise
-        self._idle.put_nowait(worker)
+            worker = await self._worker()
+            left = budget_s - (time.monotonic() - started)
+            try:
+                reply = await asyncio.get_running_loop().run_in_executor(self._threads, worker.call, name, args, left)
+            except (DecodeTimeout, WorkerCrashed, asyncio.CancelledError):
+                self._discard(worker)  # killed in the background; the answer goes out now
+                raise
+            self._idle.append(worker)
+        finally:
+            self._slots.release()
         status, *rest = reply
         *payload, caught = rest
         if status == "error":
@@ -180,8 +202,8 @@ class DecodePool:
         return payload[0], caught
 
     async def close(self) -> None:
-        await asyncio.gather(*self._replacing, return_exceptions=True)
-        workers, self._all = list(self._all), set()
+        await asyncio.gather(*self._killing, return_exceptions=True)
+        workers, self._all, self._idle = list(self._all), set(), []
         await asyncio.gather(*(asyncio.to_thread(w.kill) for w in workers))
         if self._threads is not None:
             self._threads.shutdown(wait=False, cancel_futures=True)

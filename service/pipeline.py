@@ -79,13 +79,14 @@ class Admitted:
     deadline_s: float
 
 
-def task_runtime(state: ServiceState, task: str) -> TaskRuntime:
-    """The task, or 404; then the service-wide refusals (draining, a broken device)."""
+def task_runtime(state: ServiceState, task: str, *, arriving: bool = True) -> TaskRuntime:
+    """The task, or 404; then the service-wide refusals: a broken device, and for requests still
+    arriving (not yet accepted) a drain in progress. An accepted request is finished during a drain."""
     rt = state.tasks.get(task)
     if rt is None:
         raise ServiceError("unknown_task", f"unknown task {task!r}; configured: {', '.join(state.tasks)}")
     retry = {"Retry-After": str(state.settings.retry_after_s)}
-    if state.draining:
+    if arriving and state.draining:
         raise ServiceError("draining", "the server is shutting down", retry)
     if state.device_error is not None:
         raise ServiceError("device_failed", f"the accelerator failed ({state.device_error}); restart pending", retry)
@@ -100,7 +101,7 @@ def _limits(state: ServiceState, scale: int) -> tuple[DecodeLimits, DecodeLimits
 
 def admit(state: ServiceState, req: RestoreRequest) -> Admitted:
     """Step 1 (runs in a thread: it parses headers, never pixels)."""
-    rt = task_runtime(state, req.task)
+    rt = task_runtime(state, req.task, arriving=False)  # the caller accepted it (HTTP: before reading the body)
     info = rt.engine.info
     image_limits, mask_limits = _limits(state, info.scale)
     header = read_header(req.image, image_limits, "image")

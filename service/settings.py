@@ -17,7 +17,7 @@ Every setting (environment variable, default, meaning):
 | `DIFFIR_MAX_WAIT_MS` | `5` | how long the oldest queued request waits for others to join its batch |
 | `DIFFIR_QUEUE_SIZE` | `32` | queued requests per task; beyond it: 503 `queue_full` with `Retry-After` |
 | `DIFFIR_MAX_QUEUED_PIXELS` | `67108864` | input pixels queued per task (bounds memory); 503 `queue_full` beyond |
-| `DIFFIR_DECODE_CONCURRENCY` | `4` | decode worker processes for large uploads (plus 2 for small ones) |
+| `DIFFIR_DECODE_CONCURRENCY` | `4` | decode worker processes for large uploads (plus 2 for small ones), on demand |
 | `DIFFIR_DECODE_TIMEOUT_S` | `10` | a decode worker still busy after this is killed: 422 `decode_too_slow` |
 | `DIFFIR_DECODE_MEMORY_MB` | `1536` | address-space limit of each decode worker; beyond it 413 `decode_too_large` |
 | `DIFFIR_SMALL_DECODE_PIXELS` | `262144` | uploads of at most this many pixels (header) use the small decode lane |
