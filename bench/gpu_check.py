@@ -422,6 +422,9 @@ def step_onnxruntime(ctx: Context) -> dict[str, Any]:
         if provider not in available:
             runs[provider] = "not in onnxruntime.get_available_providers()"
             continue
+        if provider == "TensorrtExecutionProvider" and ctx.remaining() < 300:
+            runs[provider] = "skipped: building a TensorRT engine does not fit the time left"
+            continue
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         session = ort.InferenceSession(
