@@ -168,7 +168,8 @@ def _auto(name: str, checkpoint: Path, spec: TaskSettings, settings: Settings, d
             "variant": spec.variant,
             "device": describe(device),
             "machine": cpu_fingerprint(),
-            "onnxruntime": _ort_version(),
+            "onnxruntime": _version_of("onnxruntime") or _version_of("onnxruntime-gpu"),
+            "onnx": _version_of("onnx"),  # the exporter needs it: without it ONNX Runtime cannot be a candidate
             "candidates": [c.label for c in candidates],
             "size": settings.autotune_size,
         }
@@ -190,12 +191,12 @@ def _annotated_single(candidate) -> Backend:
     return backend
 
 
-def _ort_version() -> str | None:
-    try:
-        import onnxruntime
+def _version_of(distribution: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
 
-        return onnxruntime.__version__
-    except ImportError:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
         return None
 
 
