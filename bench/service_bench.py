@@ -1,20 +1,26 @@
-"""Service benchmark: throughput and latency with batching on/off, overhead, peak RSS at 4096².
+"""Service benchmark: throughput and latency with batching on/off, overhead, peak RSS of a large input.
 
-    .venv/bin/python -m bench.service_bench --out bench/results          # full run (~5-10 min, 2 cores)
+    .venv/bin/python -m bench.service_bench --out bench/results          # full run (~8-10 min, 2 cores)
     .venv/bin/python -m bench.service_bench --out /tmp/x --quick         # smoke run
 
-What it measures, on this CPU, with the `deblur-small` preset (the shipped weights when present,
-else the same architecture with random weights: the cost is identical) at 256x256:
+Everything in the results files comes from one run. What it measures, on this CPU, with the
+`deblur-small` preset (the shipped weights when present, else the same architecture with random
+weights: the cost is identical) at 256x256, torch eager (`DIFFIR_BACKEND=torch`):
 
 * the bare model: `backend.run` on a padded 256² batch of 1, min and median of repeated calls;
-* a real `python -m service` on a loopback port, hit by an asyncio httpx client at concurrency
-  1, 4 and 16, with batching on (`max_batch_size` 4) and off (1): requests/s, latency min, p50,
-  p95, p99, and the batch-size distribution read back from `diffir_batch_size`;
-* the service's overhead at concurrency 1: each request's client-side latency over the model time
-  of that same request (read from its `Server-Timing` header), so both sides share the machine's
-  load at that instant (this machine is shared; standalone timings drift by several x);
-* peak RSS of the server process (sampled every 20 ms) while it restores one 4096² image with the
-  default tiling settings.
+* the model time per image at batch 1, 2 and 4, the sizes alternated every repetition;
+* two real `python -m service` processes on loopback ports, one with batching on (`max_batch_size`
+  4) and one with it off (1), hit by an asyncio httpx client at concurrency 1, 4 and 8. The two are
+  interleaved: every round runs each concurrency level against both servers back to back (the order
+  alternating between rounds), so the shared machine's load drifts over both alike; per
+  configuration the table gives the median and min of the rounds' requests/s, the median of the
+  rounds' p50 latency, p95/p99 over all rounds' requests, and the batch sizes read back from
+  `diffir_batch_size`;
+* the service's overhead at concurrency 1 (batching off, the CPU default): each request's
+  client-side latency over the model time of that same request (read from its `Server-Timing`
+  header), so both sides share the machine's load at that instant;
+* peak RSS of a server process (sampled every 20 ms) while it restores one large image
+  (`--rss-size`, default 1024²) with the default tiling settings.
 
 Results go to `<out>/service.json` and `<out>/service.md`.
 """
@@ -25,6 +31,7 @@ import argparse
 import asyncio
 import io
 import json
+import logging
 import os
 import platform
 import socket
@@ -42,6 +49,9 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("bench.service")
+BLOCK_REQUESTS = {1: 3, 4: 8, 8: 8}
+"""Requests per (server, concurrency level, round) block."""
 TASK = "deblur"
 
 
@@ -144,6 +154,7 @@ class Server:
             "DIFFIR_WARMUP_SIZE": "256",
             "DIFFIR_QUEUE_SIZE": "256",
             "DIFFIR_DEADLINE_S": "600",
+            "DIFFIR_BACKEND": "torch",
             "PYTHONPATH": str(ROOT),
         }
         full_env.update({**defaults, **env})
@@ -218,27 +229,64 @@ async def load(url: str, body: bytes, concurrency: int, total: int) -> dict:
         "latency_p95_s": percentile(latencies, 95),
         "latency_p99_s": percentile(latencies, 99),
         "overhead_ratios": [lat / inf - 1 for lat, inf in zip(latencies, inference)],
-        "inference_median_s": statistics.median(inference),
+        "latencies_s": latencies,
+        "inference_s": inference,
     }
 
 
-def throughput(ckpt: Path, size: int, levels: list[int], per_level: int, max_batch: int) -> list[dict]:
-    server = Server(ckpt, DIFFIR_MAX_BATCH_SIZE=str(max_batch), DIFFIR_MAX_WAIT_MS="5")
-    body = test_image(size)
-    results = []
+def interleaved_throughput(ckpt: Path, size: int, levels: list[int], rounds: int) -> list[dict]:
+    """Batching on (max 4) and off (1) in two servers, alternated level by level and round by round."""
+    configs = {4: Server(ckpt, DIFFIR_MAX_BATCH_SIZE="4", DIFFIR_MAX_WAIT_MS="5")}
     try:
-        asyncio.run(load(server.url, body, 1, 2))  # connection and allocator warm-up
-        for c in levels:
-            before = server.batch_sizes()
-            row = asyncio.run(load(server.url, body, c, max(per_level, 2 * c)))
-            after = server.batch_sizes()
-            row["batch_sizes"] = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
-            row["max_batch_size"] = max_batch
-            results.append(row)
-            print(json.dumps(row), flush=True)
+        configs[1] = Server(ckpt, DIFFIR_MAX_BATCH_SIZE="1", DIFFIR_MAX_WAIT_MS="5")
+        body = test_image(size)
+        for server in configs.values():
+            asyncio.run(load(server.url, body, 1, 2))  # connection and allocator warm-up
+        blocks: dict[tuple[int, int], list[dict]] = {(b, c): [] for b in configs for c in levels}
+        for r in range(rounds):
+            for c in levels:
+                order = [4, 1] if (r + c) % 2 == 0 else [1, 4]
+                for max_batch in order:
+                    server = configs[max_batch]
+                    before = server.batch_sizes()
+                    block = asyncio.run(load(server.url, body, c, BLOCK_REQUESTS[c]))
+                    after = server.batch_sizes()
+                    block["batch_sizes"] = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+                    block["round"] = r
+                    blocks[(max_batch, c)].append(block)
+                    log.info("batching max %d, concurrency %d, round %d: %.2f req/s", max_batch, c, r,
+                             block["requests_per_s"])  # fmt: skip
     finally:
-        server.stop()
-    return results
+        for server in configs.values():
+            server.stop()
+    rows = []
+    for (max_batch, c), runs in blocks.items():
+        rates = [b["requests_per_s"] for b in runs]
+        latencies = [x for b in runs for x in b["latencies_s"]]
+        sizes: dict[str, float] = {}
+        for b in runs:
+            for k, v in b["batch_sizes"].items():
+                sizes[k] = sizes.get(k, 0) + v
+        rows.append(
+            {
+                "max_batch_size": max_batch,
+                "concurrency": c,
+                "rounds": len(runs),
+                "requests": sum(b["requests"] for b in runs),
+                "statuses": {str(k): sum(b["statuses"].get(k, 0) for b in runs) for k in {200, 503, 504, 500}},
+                "requests_per_s_median": statistics.median(rates),
+                "requests_per_s_min": min(rates),
+                "requests_per_s_max": max(rates),
+                "latency_min_s": min(latencies),
+                "latency_p50_s_median_of_rounds": statistics.median(b["latency_p50_s"] for b in runs),
+                "latency_p95_s": percentile(latencies, 95),
+                "latency_p99_s": percentile(latencies, 99),
+                "inference_median_s": statistics.median(x for b in runs for x in b["inference_s"]),
+                "overhead_ratios": [x for b in runs for x in b["overhead_ratios"]],
+                "batch_sizes": sizes,
+            }
+        )
+    return rows
 
 
 def peak_rss(ckpt: Path, size: int) -> dict:
@@ -289,34 +337,47 @@ def markdown(report: dict) -> str:
         "# Service benchmark",
         "",
         f"Machine: {report['machine']}. Model: `{report['preset']}` ({report['weights']}), "
-        f"{report['size']}² input, torch eager on CPU. Date: {report['date']}.",
+        f"{report['size']}² input, torch eager on CPU. Run: {report['started']} to {report['date']}, one "
+        "`python -m bench.service_bench` run; every number below comes from it.",
         "",
         f"Bare model (`backend.run`, batch 1): min {b['min_s'] * 1000:.0f} ms, median {b['median_s'] * 1000:.0f} ms.",
+    ]
+    cells = ", ".join(
+        f"batch {n}: min {v['min_s'] * 1000:.0f} / median {v['median_s'] * 1000:.0f} ms"
+        for n, v in report["batch_cost"].items()
+    )
+    cost = report["batch_cost"]
+    ratio = cost[max(cost, key=int)]["median_s"] / cost["1"]["median_s"]
+    lines += [
         "",
-        "| batching | concurrency | requests | req/s | min ms | p50 ms | p95 ms | p99 ms | batch sizes (≤ n: count) |",
+        f"Model time per image, batch sizes alternated in one process: {cells} "
+        f"(batch {max(cost, key=int)} costs {ratio:.2f}x the per-image time of batch 1).",
+        "",
+        f"Batching on and off, interleaved: two servers, {report['rounds']} rounds, each round runs every "
+        "concurrency level against both back to back (order alternating). req/s: median of the rounds "
+        "(min-max); p50: median of the rounds' p50; p95/p99 over all requests.",
+        "",
+        "| batching | concurrency | requests | req/s median (min-max) | min ms | p50 ms | p95 ms | p99 ms "
+        "| batch sizes (≤ n: count) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for row in report["throughput"]:
+    rows = sorted(report["throughput"], key=lambda r: (r["concurrency"], -r["max_batch_size"]))
+    for row in rows:
         sizes = ", ".join(f"≤{k}: {int(v)}" for k, v in row["batch_sizes"].items())
         lines.append(
             f"| {'on (max ' + str(row['max_batch_size']) + ')' if row['max_batch_size'] > 1 else 'off'} "
-            f"| {row['concurrency']} | {row['requests']} | {row['requests_per_s']:.2f} "
-            f"| {row['latency_min_s'] * 1000:.0f} | {row['latency_p50_s'] * 1000:.0f} "
+            f"| {row['concurrency']} | {row['requests']} | {row['requests_per_s_median']:.2f} "
+            f"({row['requests_per_s_min']:.2f}-{row['requests_per_s_max']:.2f}) "
+            f"| {row['latency_min_s'] * 1000:.0f} | {row['latency_p50_s_median_of_rounds'] * 1000:.0f} "
             f"| {row['latency_p95_s'] * 1000:.0f} | {row['latency_p99_s'] * 1000:.0f} | {sizes} |"
         )
-    if report.get("batch_cost"):
-        cells = ", ".join(
-            f"batch {n}: min {v['min_s'] * 1000:.0f} / median {v['median_s'] * 1000:.0f} ms"
-            for n, v in report["batch_cost"].items()
-        )
-        lines += ["", f"Model time per image, batch sizes alternated in one process: {cells}."]
     o = report["overhead"]
     lines += [
         "",
-        "Service overhead at concurrency 1: each request's client-side latency (HTTP, body read, decode,",
-        "queue, encode, response) over the model time of the same request (`Server-Timing: inference`):",
-        f"median {o['median_pct']:.1f} %, min {o['min_pct']:.1f} % (p50 latency {o['service_p50_s'] * 1000:.0f} ms, "
-        f"median model time {o['inference_median_s'] * 1000:.0f} ms).",
+        "Service overhead at concurrency 1 (batching off, the CPU default): each request's client-side latency",
+        "(HTTP, body read, decode, queue, encode, response) over the model time of the same request",
+        f"(`Server-Timing: inference`): median {o['median_pct']:.1f} %, min {o['min_pct']:.1f} % over "
+        f"{o['requests']} requests (median model time {o['inference_median_s'] * 1000:.0f} ms).",
     ]
     if report.get("rss"):
         r = report["rss"]
@@ -334,50 +395,43 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--quick", action="store_true", help="small numbers, for a smoke test")
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--rss-size", type=int, default=4096)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of batching on/off")
+    parser.add_argument("--rss-size", type=int, default=1024)
     parser.add_argument("--skip-rss", action="store_true")
-    parser.add_argument("--only-batch-cost", action="store_true", help="add the batch-cost table to <out>/service.json")
     args = parser.parse_args()
-    if args.only_batch_cost:
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt, _ = checkpoint(Path(tmp))
-            cost = batch_cost(ckpt, args.size, 2 if args.quick else 5)
-        report = json.loads((args.out / "service.json").read_text())
-        report["batch_cost"] = cost
-        (args.out / "service.json").write_text(json.dumps(report, indent=2) + "\n")
-        (args.out / "service.md").write_text(markdown(report))
-        print(markdown(report))
-        return 0
-    levels, per_level, reps = ([1, 4], 4, 3) if args.quick else ([1, 4, 16], 32, 10)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    levels, reps, rounds = ([1, 4], 3, 1) if args.quick else ([1, 4, 8], 4, args.rounds)
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, weights = checkpoint(Path(tmp))
         bare = bare_model(ckpt, args.size, reps)
-        print(json.dumps({"bare_model": bare}), flush=True)
-        cost = batch_cost(ckpt, args.size, 2 if args.quick else 5)
-        print(json.dumps({"batch_cost": cost}), flush=True)
-        rows = []
-        for max_batch in (4, 1):
-            rows += throughput(ckpt, args.size, levels, per_level, max_batch)
-        c1 = next(r for r in rows if r["concurrency"] == 1 and r["max_batch_size"] == 4)
+        log.info("bare model: %s", bare)
+        cost = batch_cost(ckpt, args.size, 2 if args.quick else 3)
+        log.info("batch cost: %s", cost)
+        rows = interleaved_throughput(ckpt, args.size, levels, rounds)
+        c1 = next(r for r in rows if r["concurrency"] == 1 and r["max_batch_size"] == 1)
         ratios = c1["overhead_ratios"]
         overhead = {
-            "service_p50_s": c1["latency_p50_s"],
             "inference_median_s": c1["inference_median_s"],
             "median_pct": 100 * statistics.median(ratios),
             "min_pct": 100 * min(ratios),
+            "requests": len(ratios),
         }
         for row in rows:
             row.pop("overhead_ratios")
         rss = None if args.skip_rss else peak_rss(ckpt, 512 if args.quick else args.rss_size)
         if rss:
-            print(json.dumps({"rss": rss}), flush=True)
+            log.info("rss: %s", rss)
     report = {
+        "started": started,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} at the end",
         "preset": "deblur-small",
         "weights": weights,
         "size": args.size,
+        "rounds": rounds,
         "bare_model": bare,
         "batch_cost": cost,
         "throughput": rows,
@@ -387,7 +441,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "service.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "service.md").write_text(markdown(report))
-    print(markdown(report))
+    log.info("wrote %s", args.out / "service.md")
     return 0
 
 
