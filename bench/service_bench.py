@@ -20,7 +20,7 @@ weights: the cost is identical) at 256x256, torch eager (`DIFFIR_BACKEND=torch`)
   client-side latency over the model time of that same request (read from its `Server-Timing`
   header), so both sides share the machine's load at that instant;
 * peak RSS of a server process (sampled every 20 ms) while it restores one large image
-  (`--rss-size`, default 1024²) with the default tiling settings.
+  (`--rss-size`, default 1280², above the 1024² tiling threshold) with the default tiling settings.
 
 Results go to `<out>/service.json` and `<out>/service.md`.
 """
@@ -396,7 +396,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="small numbers, for a smoke test")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of batching on/off")
-    parser.add_argument("--rss-size", type=int, default=1024)
+    parser.add_argument("--rss-size", type=int, default=1280)
     parser.add_argument("--skip-rss", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
