@@ -32,7 +32,7 @@ from service.settings import Settings
 from service.tiling import TilingCancelled
 
 SMALL_DECODE_WORKERS = 2
-DECODE_ALLOWANCE_S = 0.05
+DECODE_ALLOWANCE_S = 0.2
 """How long a tile may be held for small requests still decoding (on top of the batching window)."""
 
 
