@@ -28,7 +28,7 @@ from service.runtime.base import Backend
 from service.settings import Settings, TaskSettings
 
 _FORMAT = {"onnxruntime": "onnx", "torchscript": "torchscript"}
-AUTO_EXPORT_TIMEOUT_S = 240.0
+AUTO_EXPORT_TIMEOUT_S = 120.0
 """`auto` gives up on a candidate whose first-use export takes longer (a huge traced graph on a
 busy CPU); an explicit `DIFFIR_BACKEND=onnxruntime` waits for as long as the export takes."""
 
