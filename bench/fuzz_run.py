@@ -135,6 +135,7 @@ def main() -> int:
             DIFFIR_MAX_BODY_BYTES="1000000",
             DIFFIR_MAX_INPUT_PIXELS=str(512 * 512),
             DIFFIR_MAX_OUTPUT_PIXELS=str(512 * 512),
+            DIFFIR_BACKEND="torch",  # eager: no start-up timing of backend candidates
             DIFFIR_LOG_LEVEL="warning",
         )
         started = time.monotonic()
