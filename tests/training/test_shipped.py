@@ -11,8 +11,8 @@ import torch
 
 from models import load_model
 from models.tasks import get_task
-from training.degradations import SHARED_DATA, bicubic_down, bicubic_up, load_levin_kernels, mod_crop
-from training.evaluate import Case, blurred_kodak, face_masks, restore, telea
+from training.degradations import SHARED_DATA, bicubic_down, bicubic_up, convolve, load_levin_kernels, mod_crop
+from training.evaluate import Case, blurred_kodak, face_masks, mild_shake_kernel, noisy, restore, telea
 from training.imageio import list_images, read_image
 from training.metrics import psnr
 
@@ -35,9 +35,26 @@ def test_deblur_beats_the_blurred_input_on_kodim01():
     gt = read_image(list_images([SHARED_DATA / "val" / "Kodak24"])[0])[:, 128:384, 256:512]
     lq = blurred_kodak(gt, 0, load_levin_kernels(SHARED_DATA / "tasks" / "deblur" / "kernels"))
     out = restore(_net("deblur"), Case("Kodak24", "kodim01", lq, gt), seed=0)
-    # A real but small gain (+0.40 dB measured on this crop; +0.26 with the session-2 model): the shipped
-    # deblur model is far from the issue-4 bar (+3 dB on Kodak24, see models/weights/deblur.md).
-    assert psnr(out, gt) > psnr(lq, gt) + 0.3
+    # A real but small gain (+0.21 dB measured on this crop; +0.40 before the no-harm training made the
+    # model more conservative): far from the +3 dB bar on Kodak24 (see models/weights/deblur.md).
+    assert psnr(out, gt) > psnr(lq, gt) + 0.15
+
+
+def test_deblur_leaves_a_sharp_photo_sharp():
+    """A sharp photo (only sigma = 1/255 noise, 47.8 dB) sent to deblur must come back undamaged: >= 38 dB
+    against the clean image. Measured 40.5 dB; the model shipped before the no-harm training gave 28.6 dB."""
+    gt = read_image(list_images([SHARED_DATA / "val" / "Kodak24"])[0])[:, 128:384, 256:512]
+    lq = noisy(gt, 0)
+    out = restore(_net("deblur"), Case("Kodak24 sharp", "kodim01", lq, gt), seed=0)
+    assert psnr(lq, gt) > 47 and psnr(out, gt) >= 38.0
+
+
+def test_deblur_does_not_damage_a_mildly_shaken_photo():
+    gt = read_image(list_images([SHARED_DATA / "val" / "Kodak24"])[1])[:, 128:384, 256:512]
+    lq = noisy(convolve(gt, mild_shake_kernel(1)), 1)
+    out = restore(_net("deblur"), Case("Kodak24 mild shake", "kodim02", lq, gt), seed=0)
+    # +0.64 dB measured (+1.09 before the no-harm training); the bar is "no image worse than -0.5 dB"
+    assert psnr(out, gt) >= psnr(lq, gt) - 0.5
 
 
 def test_inpaint_beats_opencv_telea_on_the_first_faces():
