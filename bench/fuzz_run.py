@@ -36,40 +36,44 @@ def tiny_checkpoints(root: Path) -> dict[str, Path]:
 
 def schema_round(url: str, examples: int, seed: int, statuses: Counter, findings: list[str]) -> None:
     import schemathesis
+
+    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
+    for result in schema.get_all_operations():
+        _fuzz_operation(result.ok(), url, examples, seed, statuses, findings)
+
+
+def _fuzz_operation(operation, url: str, examples: int, seed: int, statuses: Counter, findings: list[str]) -> None:
     from hypothesis import HealthCheck, Phase, given
     from hypothesis import seed as hseed
     from hypothesis import settings as hsettings
 
-    schema = schemathesis.openapi.from_url(f"{url}/openapi.json")
-    for result in schema.get_all_operations():
-        operation = result.ok()
-        label = f"{operation.method.upper()} {operation.path}"
-        calls = {"n": 0}
+    label = f"{operation.method.upper()} {operation.path}"
+    calls = {"n": 0}
 
-        @hseed(seed)
-        @given(case=operation.as_strategy())
-        @hsettings(
-            max_examples=examples,
-            deadline=None,
-            database=None,
-            phases=[Phase.generate],
-            suppress_health_check=list(HealthCheck),
-        )
-        def run(case, label=label, calls=calls) -> None:
-            if "task" in (case.path_parameters or {}):
-                calls["n"] += 1
-                if calls["n"] % 2:
-                    case.path_parameters["task"] = TASKS[calls["n"] // 2 % len(TASKS)]
-            try:
-                response = case.call(base_url=url, timeout=60)
-            except Exception as exc:  # the server dropped the connection: a finding
-                findings.append(f"{label}: no answer ({type(exc).__name__})")
-                return
-            statuses[f"{label} {response.status_code}"] += 1
-            if response.status_code >= 500:
-                findings.append(f"{label}: {response.status_code} {response.text[:200]}")
+    @hseed(seed)
+    @given(case=operation.as_strategy())
+    @hsettings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    def run(case) -> None:
+        if "task" in (case.path_parameters or {}):
+            calls["n"] += 1
+            if calls["n"] % 2:
+                case.path_parameters["task"] = TASKS[calls["n"] // 2 % len(TASKS)]
+        try:
+            response = case.call(base_url=url, timeout=60)
+        except Exception as exc:  # the server dropped the connection: a finding
+            findings.append(f"{label}: no answer ({type(exc).__name__})")
+            return
+        statuses[f"{label} {response.status_code}"] += 1
+        if response.status_code >= 500:
+            findings.append(f"{label}: {response.status_code} {response.text[:200]}")
 
-        run()
+    run()
 
 
 def corpus_round(url: str, statuses: Counter, findings: list[str]) -> None:
