@@ -56,9 +56,8 @@ def load_backends(settings: Settings) -> dict[str, Backend]:
 def batch_size_for(settings: Settings, backend: Backend) -> int:
     """DIFFIR_MAX_BATCH_SIZE, or by default 8 on a GPU and 1 on a CPU.
 
-    Measured on the 2-core CPU (bench/results/service.md): a batch of 4 costs 1.08x (shipped
-    weights) to 1.5-1.9x (random weights, busier machine) the per-image time of single calls, so
-    batching only pays off where the device has spare parallelism (GPUs).
+    Measured on the 2-core CPU (bench/results/service.md): a batch of 4 costs more per image than
+    single calls, so batching only pays off where the device has spare parallelism (GPUs).
     """
     if settings.max_batch_size is not None:
         return settings.max_batch_size
