@@ -146,7 +146,8 @@ def markdown(r: dict) -> str:
         f"start, {r['load_average_end'][0]:.1f} at the end (a shared machine: compare the variants, which ran "
         "interleaved, not absolute times).",
         "",
-        f"Step rate at patch {s['patch']} x batch {s['batch']} (the recipe's), {s['reps']} interleaved steps each:",
+        f"Step rate at patch {s['patch']} x batch {s['batch']} (the recipe trains at {r['recipe_patch']} x "
+        f"{r['recipe_batch']}), {s['reps']} interleaved steps each:",
         "",
         "| precision | s/step median | s/step min |",
         "|---|---|---|",
@@ -155,10 +156,23 @@ def markdown(r: dict) -> str:
         lines.append(f"| {p} | {s[p]['s_per_step_median']:.2f} | {s[p]['s_per_step_min']:.2f} |")
     lines += [
         "",
-        f"bf16 / fp32 speed: x{s['bf16_speedup_median']:.2f} (median).",
+        f"bf16 / fp32 speed: x{s['bf16_speedup_median']:.2f} (median)."
+        + (
+            " This CPU has no bf16 units (no avx512_bf16 / amx flags): bf16 convolutions fall back to slow "
+            'reference kernels, so train in fp32 here; `precision = "bf16"` is for GPUs and bf16-capable CPUs.'
+            if not any(f in r["cpu_flags"] for f in ("avx512_bf16", "amx_bf16"))
+            else ""
+        ),
         "",
         f"Loss over {c['steps']} steps at patch {c['patch']} x batch {c['batch']} (a small patch so that both "
-        f"curves fit one run on this CPU), same weights and batches, means per {c['window']} steps:",
+        f"curves fit one run on this CPU), same weights and batches, means per {c['window']} steps"
+        + (
+            f" (fewer than the 500 steps of a full check: bf16 steps are x{1 / s['bf16_speedup_median']:.1f} slower "
+            "here)"
+            if c["steps"] < 500 and s["bf16_speedup_median"] < 1
+            else ""
+        )
+        + ":",
         "",
         "| steps | fp32 L1 | bf16 L1 | bf16 - fp32 |",
         "|---|---|---|---|",
@@ -186,8 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curve-batch", type=int, default=2)
     parser.add_argument("--window", type=int, default=100)
     parser.add_argument("--data", default="", help="training images (default: the recipe's)")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite the .md from an existing .json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.markdown_only:
+        res = json.loads((Path(args.out) / "train_speed.json").read_text())
+        (Path(args.out) / "train_speed.md").write_text(markdown(res))
+        return 0
     torch.set_num_threads(args.threads)
     result: dict = {
         "recipe": str(RECIPE.relative_to(RECIPE.parents[2])),
@@ -198,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_flags": cpu_flags(),
         "load_average_start": os.getloadavg(),
     }
+    values = load_config_file(RECIPE)
+    result["recipe_patch"], result["recipe_batch"] = values["patches"][0], values["batches"][0]
     rate = step_rate(recipe(args.patch, args.batch, args.data), args.reps)
     result["step_rate"] = {"patch": args.patch, "batch": args.batch, "reps": args.reps, **rate}
     window = min(args.window, args.curve_steps)
