@@ -39,7 +39,7 @@ system-deps:
 
 test: $(STAMP) system-deps
 	$(MAKE) lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # Heavy measurements live here, never in timed tests; each writes JSON + markdown to bench/results/.
 bench: $(STAMP)
