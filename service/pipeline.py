@@ -57,6 +57,8 @@ class RestoreRequest:
     request_id: str | None = None
     release_body: Callable[[], None] = lambda: None
     """Called once the bytes are decoded (the HTTP layer frees their share of the upload budget)."""
+    timeout_s: float | None = None
+    """The client's own deadline in seconds; the server's deadline still caps it."""
 
 
 @dataclass
@@ -117,7 +119,10 @@ def admit(state: ServiceState, req: RestoreRequest) -> Admitted:
         raise ServiceError("bad_parameter", f"{fmt} holds at most {MAX_SIDE[fmt]} px per side; the output has {side}")
     tiled = rt.engine.tiles(*header.size)
     s = state.settings
-    return Admitted(rt, header, fmt, tiled, s.tiled_deadline_s if tiled else s.deadline_s)
+    deadline_s = s.tiled_deadline_s if tiled else s.deadline_s
+    if req.timeout_s is not None:
+        deadline_s = min(deadline_s, req.timeout_s)
+    return Admitted(rt, header, fmt, tiled, deadline_s)
 
 
 async def _decode(state: ServiceState, req: RestoreRequest, ad: Admitted, budget_s: float) -> tuple[Job, DecodedImage]:

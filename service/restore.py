@@ -34,6 +34,8 @@ from service.state import ServiceState
 
 MAX_SEED = 2**63 - 1
 _DIGITS = re.compile(r"^[0-9]{1,19}$")
+TIMEOUT_HEADER = "X-Request-Timeout"
+MAX_TIMEOUT_S = 86400.0
 SELF_COUNTED = ("queue_full", "draining", "deadline_exceeded")
 """Codes the batchers/budget already counted in `diffir_rejected_total` (never count twice)."""
 
@@ -157,6 +159,25 @@ def _strict_integers(request: Request) -> None:
                 raise ServiceError("bad_parameter", f"{name}: {value[:40]!r} is not a plain decimal integer")
 
 
+def _client_timeout(request: Request, query: float | None) -> float | None:
+    """The client's deadline: the `timeout` query value, else the `X-Request-Timeout` header (seconds,
+    like the deadlines of the serving engines clients come from); 422 for anything but a positive number."""
+    if query is not None:
+        return query
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (0 < value <= MAX_TIMEOUT_S):  # also refuses nan and inf
+        raise ServiceError(
+            "bad_parameter", f"{TIMEOUT_HEADER}: {raw[:40]!r} is not a number of seconds in (0, {MAX_TIMEOUT_S:g}]"
+        )
+    return value
+
+
 async def _until_disconnect(request: Request, work: Coroutine[Any, Any, RestoreResult]) -> RestoreResult:
     """Run `work`, cancelling it the moment the client goes away (ClientGone)."""
     task = asyncio.ensure_future(work)
@@ -192,6 +213,15 @@ async def restore(
     seed: Annotated[int, Query(ge=0, le=MAX_SEED, description="noise seed; same input + seed -> same bytes")] = 0,
     format: Annotated[Literal["png", "jpeg", "webp"] | None, Query(description="output format")] = None,
     quality: Annotated[int | None, Query(ge=1, le=100, description="JPEG/WebP quality")] = None,
+    timeout: Annotated[
+        float | None,
+        Query(
+            gt=0,
+            le=MAX_TIMEOUT_S,
+            description="seconds this request may take (also the `X-Request-Timeout` header); the server's "
+            "deadline caps it; 504 `deadline_exceeded` past it",
+        ),
+    ] = None,
 ) -> Response:
     request_id: str = request.state.request_id
     books = _Accounting(request, state, task)
@@ -205,7 +235,8 @@ async def restore(
         body = await read_body(request, limits, upload)
         image, mask = await split_body(request.headers, body, rt.engine.info.needs_mask)
         del body
-        req = RestoreRequest(task, image, mask, seed, format, quality, request_id, upload.release)
+        timeout_s = _client_timeout(request, timeout)
+        req = RestoreRequest(task, image, mask, seed, format, quality, request_id, upload.release, timeout_s)
         del image, mask
         result = await _until_disconnect(request, run_pipeline(state, req))
     except ServiceError as err:

@@ -331,6 +331,28 @@ async def test_deadline_exceeded(checkpoints) -> None:
         assert ok.status_code == 200
 
 
+async def test_a_client_deadline_shortens_the_servers(checkpoints) -> None:
+    """`timeout` (query) or `X-Request-Timeout` (header) gives one request a shorter deadline than the
+    server's 60 s: behind a stuck batch each gets 504 near its own deadline; malformed values are 422."""
+    backends, backend = gated(checkpoints)
+    settings = make_settings({"deblur": checkpoints["deblur"]}, deadline_s=60, max_batch_size=1, warmup_size=0)
+    async for live in start_app(settings, backends=backends):
+        c, img = live.client, encode(gradient())
+        stuck = asyncio.ensure_future(c.post("/restore/deblur", content=img, headers=PNG))
+        await asyncio.to_thread(backend.entered.wait, 10)
+        loop = asyncio.get_running_loop()
+        for params, headers in (({"timeout": "0.4"}, PNG), ({}, {**PNG, "X-Request-Timeout": "0.4"})):
+            started = loop.time()
+            r = await c.post("/restore/deblur", content=img, headers=headers, params=params)
+            assert_error(r, 504, "deadline_exceeded")
+            assert 0.4 <= loop.time() - started < 10, loop.time() - started  # its own deadline, not the server's 60 s
+        for params, headers in (({"timeout": "0"}, PNG), ({}, {**PNG, "X-Request-Timeout": "soon"})):
+            r = await c.post("/restore/deblur", content=img, headers=headers, params=params)
+            assert r.status_code == 422, (params, headers, r.text)
+        backend.release.set()
+        assert (await stuck).status_code == 200  # no client deadline: the server's applies
+
+
 async def test_backend_failure_is_a_500_for_that_batch_only(checkpoints) -> None:
     backends, backend = gated(checkpoints, fail=True)
     backend.release.set()
