@@ -108,6 +108,20 @@ def low_precisions(device: torch.device) -> tuple[str, ...]:
     return tuple(fast)
 
 
+def _export_too_slow_for_startup(checkpoint: Path) -> bool:
+    """The smooth hole pre-fill unrolls hundreds of conjugate-gradient iterations into the traced graph:
+    its ONNX export takes minutes on a CPU (past AUTO_EXPORT_TIMEOUT_S on 2 cores), so `auto` would
+    hold every first start for the whole budget only to drop the candidate. It is left out of `auto`;
+    `DIFFIR_BACKEND=onnxruntime` still exports it."""
+    from models.checkpoint import read_sidecar
+
+    try:
+        config = read_sidecar(checkpoint).get("config", {})
+    except (OSError, ValueError):  # no sidecar (an official checkpoint): no pre-fill either
+        return False
+    return config.get("hole_fill") == "smooth"
+
+
 def auto_candidates(checkpoint: Path, spec: TaskSettings, settings: Settings, device: torch.device):
     """What `auto` times, fp32 eager (the reference) first."""
     from service.runtime.autotune import Candidate
@@ -118,7 +132,7 @@ def auto_candidates(checkpoint: Path, spec: TaskSettings, settings: Settings, de
     for precision in low:
         build = partial(_torch, checkpoint, spec, device, precision)
         found.append(Candidate(f"torch-{precision}", "torch", precision, build))
-    if want in (None, "fp32"):
+    if want in (None, "fp32") and not _export_too_slow_for_startup(checkpoint):
         found.append(
             Candidate(
                 "onnxruntime-fp32",

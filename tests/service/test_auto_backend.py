@@ -249,3 +249,26 @@ def test_cuda_onnx_backends_get_coarser_shape_buckets(checkpoints) -> None:
     backend.bucket_multiple = 64  # what OnnxBackend sets on CUDA
     assert Engine("d", backend, EngineLimits(512, 32, 10**7, 0)).bucket(job) == (64, 64)
     assert Engine("d", backend, EngineLimits(512, 32, 10**7, 16)).bucket(job) == (48, 32), "an explicit setting wins"
+
+
+def test_auto_leaves_out_the_onnx_export_of_a_smooth_fill_model(tmp_path: Path) -> None:
+    """The smooth pre-fill's unrolled graph takes minutes to export: `auto` does not make every first start
+    wait for it, while models without the pre-fill keep ONNX Runtime as a candidate."""
+    import dataclasses
+
+    from models import save_checkpoint
+    from models.diffir import DiffIRS2
+    from service.runtime.loader import auto_candidates
+    from tests.service.conftest import TINY_CONFIGS as TINY
+
+    settings = Settings(cache_dir=tmp_path / "cache")
+    labels = {}
+    for name, config in (
+        ("plain", TINY["inpaint"]),
+        ("smooth", dataclasses.replace(TINY["inpaint"], name="tiny-inpaint-fill", hole_fill="smooth")),
+    ):
+        ckpt = save_checkpoint(DiffIRS2(config).eval(), tmp_path / f"{name}.safetensors")
+        found = auto_candidates(ckpt, TaskSettings(), settings, torch.device("cpu"))
+        labels[name] = [c.label for c in found]
+    assert "onnxruntime-fp32" in labels["plain"], labels
+    assert labels["smooth"] == [label for label in labels["plain"] if label != "onnxruntime-fp32"], labels
