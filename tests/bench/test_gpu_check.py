@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,11 +15,15 @@ STEPS = ["environment", "eager_parity", "torchscript", "eager_speed", "onnxrunti
 
 
 def _run(out: Path, **env: str) -> tuple[subprocess.CompletedProcess, dict]:
-    full_env = {**os.environ, "DIFFIR_GPU_CHECK_CPU": "1", "DIFFIR_GPU_CHECK_OUT": str(out), **env}
+    # PYTHON: this interpreter (`make test PYTHON=python3.11` leaves the bare system one in the environment)
+    full_env = {**os.environ, "DIFFIR_GPU_CHECK_CPU": "1", "DIFFIR_GPU_CHECK_OUT": str(out), "PYTHON": sys.executable}
+    full_env.update(env)
     full_env.pop("OUT", None)
     res = subprocess.run(["bash", "bench/gpu_check.sh"], cwd=ROOT, env=full_env, capture_output=True, text=True,
                          timeout=600)  # fmt: skip
-    return res, json.loads((out / "gpu_check.json").read_text())
+    report = out / "gpu_check.json"
+    assert report.exists(), f"no {report.name} written (exit {res.returncode}): {res.stderr[-3000:]}"
+    return res, json.loads(report.read_text())
 
 
 @pytest.mark.slow
