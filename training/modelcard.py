@@ -195,7 +195,7 @@ Never trained on `val/` or `tasks/` images.
 
 Stage 2: the first {c2["encoder_frac"]:.0%} of its steps train only CPEN_S2 + the denoiser on L_diff
 (as the official deblur/RealSR recipes, which are 25% warm-up), then everything jointly.
-Wall time is on the shared 2-core CPU (the defaults train side by side, one thread each).
+Wall time is on 2 cores of a shared AMD EPYC server VM (the defaults train side by side, one thread each).
 
 Reproduce (all three defaults; re-running resumes): `make train-defaults`, i.e.
 
@@ -222,7 +222,7 @@ Stage 2 (the real prior from noise seed 0):
 
 {eval_table(model_eval, baseline)}
 
-Quality bar (issue 4): {BARS[task]}. Result: {verdict(task, model_eval, baseline)}.
+Quality target: {BARS[task]}. Result: {verdict(task, model_eval, baseline)}.
 {notes}
 """
 
