@@ -64,7 +64,7 @@ def test_no_endpoint_accepts_model_files_or_urls(checkpoints) -> None:
     form = bodies["/restore/{task}"]["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert set(form["properties"]) == {"image", "mask"}
     query = {p["name"] for p in bodies["/restore/{task}"]["parameters"] if p["in"] == "query"}
-    assert query == {"seed", "format", "quality"}
+    assert query == {"seed", "format", "quality", "timeout"}
 
 
 @pytest.mark.anyio
