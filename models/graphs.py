@@ -18,6 +18,7 @@ tensor or file name itself.
 
 from __future__ import annotations
 
+import json
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -238,3 +239,49 @@ def parity_summary(checks: list[dict[str, Any]], tolerance: float) -> dict[str, 
     worst = max(c["rel_max_err"] for c in checks)
     ok = worst <= tolerance and all(c["shape_ok"] for c in checks)
     return {"ok": ok, "worst_rel_max_err": worst, "tolerance": tolerance, "checks": checks}
+
+
+def artifact_runner(
+    fmt: str, path: Path, inputs: Sequence[str], threads: int | None = None
+) -> Callable[..., torch.Tensor]:
+    """Run a written artifact on CPU tensors, as the parity check sees it (ONNX Runtime's CPU
+    provider with `threads` intra-op threads, or the frozen TorchScript module)."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        def run(*args: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {n: a.numpy() for n, a in zip(inputs, args)})[0])
+
+        return run
+    return torch.jit.load(str(path))
+
+
+def write_checked_graph(
+    net: DiffIRS2,
+    graph: str,
+    fmt: str,
+    path: Path,
+    checkpoint_meta: dict[str, Any],
+    tolerance: float,
+    sizes: Sequence[tuple[int, int]] = (),
+    batches: Sequence[int] = (1, 3),
+    threads: int | None = None,
+    **sidecar_extra: Any,
+) -> tuple[dict[str, Any], float]:
+    """Write `graph` to `path`, check it against eager PyTorch and write its sidecar (parity included).
+
+    Returns the parity summary and the seconds the writing took; the caller decides what a failed
+    check means (`python -m training export` reports it, the service's first-use export refuses it).
+    """
+    seconds = write_graph(net, graph, fmt, path)
+    runner = artifact_runner(fmt, path, GRAPHS[graph].inputs, threads)
+    parity = parity_summary(parity_checks(net, graph, runner, sizes, batches), tolerance)
+    fields = sidecar_fields(checkpoint_meta, net, path, graph, fmt, parity=parity, **sidecar_extra)
+    sidecar_path(path).write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
+    return parity, seconds

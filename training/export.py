@@ -16,20 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from models import load_model
 from models.checkpoint import read_checkpoint, sha256_file
-from models.graphs import (
-    FORMAT_SUFFIX,
-    GRAPHS,
-    artifact_name,
-    parity_checks,
-    parity_summary,
-    sidecar_fields,
-    sidecar_path,
-    write_graph,
-)
+from models.graphs import FORMAT_SUFFIX, GRAPHS, artifact_name, write_checked_graph
 
 FORMATS = tuple(FORMAT_SUFFIX)
 
@@ -43,22 +32,6 @@ class ExportOptions:
     check_batches: tuple[int, ...] = (1, 3)
     tolerance: float = 1e-4
     extra_meta: dict[str, Any] = field(default_factory=dict)
-
-
-def _runner(fmt: str, path: Path, inputs: Sequence[str]):
-    if fmt == "onnx":
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-        def run(*args: torch.Tensor) -> torch.Tensor:
-            feeds = {name: a.numpy() for name, a in zip(inputs, args)}
-            return torch.from_numpy(session.run(None, feeds)[0])
-
-        return run
-    return torch.jit.load(str(path))
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, name: str | None = None, options: ExportOptions | None = None):
@@ -78,12 +51,9 @@ def export(checkpoint: str | Path, out_dir: str | Path, name: str | None = None,
     for graph in opts.graphs:
         for fmt in opts.formats:
             path = out_dir / artifact_name(name, graph, fmt)
-            export_s = write_graph(net, graph, fmt, path)
-            checks = parity_checks(net, graph, _runner(fmt, path, GRAPHS[graph].inputs), opts.check_sizes,
-                                   opts.check_batches)  # fmt: skip
-            parity = parity_summary(checks, opts.tolerance)
-            meta = sidecar_fields(base_meta, net, path, graph, fmt, parity=parity)
-            sidecar_path(path).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            parity, export_s = write_checked_graph(
+                net, graph, fmt, path, base_meta, opts.tolerance, opts.check_sizes, opts.check_batches
+            )
             report["artifacts"][path.name] = {
                 "ok": parity["ok"],
                 "worst_rel_max_err": parity["worst_rel_max_err"],

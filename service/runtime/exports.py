@@ -12,7 +12,6 @@ never see half an export.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -23,31 +22,10 @@ from pathlib import Path
 
 import torch
 
-from models.graphs import (
-    GRAPHS,
-    SPLIT_GRAPHS,
-    artifact_name,
-    parity_checks,
-    parity_summary,
-    sidecar_fields,
-    sidecar_path,
-    write_graph,
-)
+from models.graphs import SPLIT_GRAPHS, artifact_name, write_checked_graph
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-4
-
-
-def _runner(fmt: str, path: Path, inputs: tuple[str, ...]):
-    if fmt == "onnx":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        return lambda *args: torch.from_numpy(session.run(None, {n: a.numpy() for n, a in zip(inputs, args)})[0])
-    return torch.jit.load(str(path))
 
 
 def export_folder(cache: Path, checkpoint_sha256: str, fmt: str) -> Path:
@@ -80,16 +58,15 @@ def cached_export(checkpoint: Path, variant: str | None, fmt: str, cache: Path, 
     try:
         for graph in SPLIT_GRAPHS:
             path = staging / artifact_name(name, graph, fmt)
-            seconds = write_graph(net, graph, fmt, path)
-            checks = parity_checks(net, graph, _runner(fmt, path, GRAPHS[graph].inputs), batches=(1, 2))
-            parity = parity_summary(checks, PARITY_TOLERANCE)
+            parity, seconds = write_checked_graph(
+                net, graph, fmt, path, base, PARITY_TOLERANCE, batches=(1, 2), threads=torch.get_num_threads(),
+                built_from=str(checkpoint),
+            )  # fmt: skip
             if not parity["ok"]:
                 raise RuntimeError(
                     f"{path.name}: parity check against eager PyTorch failed "
                     f"(worst relative error {parity['worst_rel_max_err']:.2e})"
                 )
-            fields = sidecar_fields(base, net, path, graph, fmt, parity=parity, built_from=str(checkpoint))
-            sidecar_path(path).write_text(json.dumps(fields, indent=2, sort_keys=True) + "\n")
             log.info("exported %s in %.1f s (parity %.1e)", path.name, seconds, parity["worst_rel_max_err"])
         try:
             os.replace(staging, folder)

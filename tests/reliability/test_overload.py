@@ -161,7 +161,7 @@ def test_sigterm_past_the_drain_answers_503_not_500(checkpoints) -> None:
             t.join(60)
         code = srv.proc.wait(30)
         exited = time.monotonic() - sent
-        stderr = srv.proc.stderr.read() if srv.proc.stderr else ""
+        stderr = srv.logs()
     finally:
         srv.stop()
     statuses = [r[0] for r in results]
