@@ -54,6 +54,27 @@ class CPEN(nn.Module):
         feat = self.E(x.contiguous(memory_format=torch.channels_last))
         return self.mlp(feat.mean(dim=(2, 3)))
 
+    def halo(self) -> int:
+        """Receptive-field radius of the trunk: how far a window must reach past its core."""
+        convs = [m for m in self.E.modules() if isinstance(m, nn.Conv2d)]
+        return sum((m.kernel_size[0] - 1) // 2 * m.dilation[0] for m in convs)
+
+    def window_sum(self, x: torch.Tensor, box: tuple[int, int, int, int], halo: int) -> torch.Tensor:
+        """Sum over the core `box` = (top, left, bottom, right) of the trunk's features (B, C), float32.
+
+        The trunk is a stack of 3x3 convolutions, so the window read with a `halo`-wide margin and
+        cropped back to its core gives the features the whole image would have there."""
+        top, left, bottom, right = box
+        h, w = x.shape[-2:]
+        t0, l0 = max(top - halo, 0), max(left - halo, 0)
+        part = x[..., t0 : min(bottom + halo, h), l0 : min(right + halo, w)]
+        feat = self.E(part.contiguous(memory_format=torch.channels_last))
+        return feat[..., top - t0 : bottom - t0, left - l0 : right - l0].float().sum(dim=(2, 3))
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The MLP on the globally pooled trunk features."""
+        return self.mlp(pooled)
+
     def forward_windowed(self, x: torch.Tensor, window: int) -> torch.Tensor:
         """`forward` with the trunk run on overlapping `window`-edge windows: the same vector (up to
         float summation order) without ever holding the whole image's feature maps.
@@ -64,18 +85,18 @@ class CPEN(nn.Module):
         h, w = x.shape[-2:]
         if h * w <= window * window:
             return self(x)
-        convs = [m for m in self.E.modules() if isinstance(m, nn.Conv2d)]
-        halo = sum((m.kernel_size[0] - 1) // 2 * m.dilation[0] for m in convs)
-        total = torch.zeros((), dtype=torch.float32, device=x.device)
-        for top in range(0, h, window):
-            for left in range(0, w, window):
-                bottom, right = min(top + window, h), min(left + window, w)
-                t0, l0 = max(top - halo, 0), max(left - halo, 0)
-                part = x[..., t0 : min(bottom + halo, h), l0 : min(right + halo, w)]
-                feat = self.E(part.contiguous(memory_format=torch.channels_last))
-                core = feat[..., top - t0 : bottom - t0, left - l0 : right - l0]
-                total = total + core.float().sum(dim=(2, 3))
-        return self.mlp((total / (h * w)).to(x.dtype))
+        halo = self.halo()
+        total = sum(self.window_sum(x, box, halo) for box in window_boxes(h, w, window))
+        return self.head((total / (h * w)).to(x.dtype))
+
+
+def window_boxes(h: int, w: int, window: int) -> list[tuple[int, int, int, int]]:
+    """Non-overlapping (top, left, bottom, right) cores of edge `window` covering an h x w map."""
+    return [
+        (top, left, min(top + window, h), min(left + window, w))
+        for top in range(0, h, window)
+        for left in range(0, w, window)
+    ]
 
 
 def _unshuffle(x: torch.Tensor, factor: int) -> torch.Tensor:

@@ -128,15 +128,13 @@ class Engine:
         run = self._start_tiled(job)
         while True:
             if job.cancelled.is_set():
-                raise TilingCancelled(f"stopped after {run.done} of {run.total} tiles")
+                raise TilingCancelled(f"stopped after {run.done} of {run.total} units (prior windows, tiles)")
             if not run.step():
                 return run.result()
 
     def _start_tiled(self, job: Job) -> TiledRestoration:
         x = self.network_input(job)
-        whole = self._prior_input(x)
-        ipr = self.backend.prior(whole, self.noise([job]))
-        del whole
+        prior = self.backend.prior_run(self._prior_input(x), self.noise([job]), self.limits.tile_size)
         g = geometry(
             self.limits.tile_size,
             self.limits.tile_overlap,
@@ -144,17 +142,17 @@ class Engine:
             self.info.pad_mode,
             self.info.scale,
         )
-        return TiledRestoration(x, ipr, self.backend.restore, g)
+        return TiledRestoration(x, prior, self.backend.restore, g)
 
     # --- the same, one unit of work per call (the service interleaves other batches between them) --
     def start_tiled(self, job: Job) -> TiledRestoration:
-        """Compute the global IPR and plan the tiles."""
+        """Plan the units: the global IPR's (window by window where the backend can), then the tiles."""
         with torch.inference_mode():
             return self._start_tiled(job)
 
     @staticmethod
     def step_tiled(run: TiledRestoration) -> bool:
-        """Restore one tile; True while tiles remain."""
+        """Run one unit (a prior window or a tile); True while units remain."""
         with torch.inference_mode():
             return run.step()
 

@@ -69,8 +69,8 @@ class TaskRuntime:
     """One task: its engine and two lanes, so one huge image never blocks the small ones.
 
     `batcher` takes ordinary requests (batched by shape bucket, capped by count and pixels).
-    `large` takes inputs big enough to be tiled, one at a time; each of their tiles is a separate
-    unit on the device queue, behind any waiting batch of small requests.
+    `large` takes inputs big enough to be tiled, one at a time; each of their tiles, and each window
+    of their prior, is a separate unit on the device queue, behind any waiting batch of small requests.
     """
 
     name: str
@@ -176,9 +176,11 @@ class ServiceState:
             run = await self._on_device(engine.start_tiled, job, priority=LARGE)
             while True:
                 if job.cancelled.is_set():  # the request gave up (client left, deadline): drop the rest
-                    raise TilingCancelled(f"abandoned after {run.done} of {run.total} tiles")
+                    raise TilingCancelled(f"abandoned after {run.done} of {run.total} units (prior windows, tiles)")
+                tile = run.done >= run.prior.units
                 more = await self._on_device(engine.step_tiled, run, priority=LARGE)
-                m.tiles.labels(name).inc()
+                if tile:
+                    m.tiles.labels(name).inc()
                 if not more:
                     break
             out = await self._on_device(engine.finish_tiled, job, run, priority=LARGE)

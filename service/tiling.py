@@ -1,17 +1,18 @@
 """Large images: one global IPR, DIRformer over overlapping tiles, feathered blend.
 
 Why this is sound for DiffIR: the prior (IPR) is a single 256-d vector for the whole image, so
-it is computed once (by the backend, on the whole image) and every tile is restored under the
-same prior. The DIRformer itself is local except for its channel ("transposed") attention, whose
-statistics are pooled over the tile instead of the image; overlapping tiles blended with linear
-ramps hide the small differences that causes, so no seams appear. Memory is bounded by one
-tile's activations plus the float32 output and weight accumulators.
+it is computed once (by the backend, on the whole image, in window-sized units where it can) and
+every tile is restored under the same prior. The DIRformer itself is local except for its
+channel ("transposed") attention, whose statistics are pooled over the tile instead of the
+image; overlapping tiles blended with linear ramps hide the small differences that causes, so
+no seams appear. Memory is bounded by one tile's activations plus the float32 output and weight accumulators.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -22,6 +23,51 @@ RestoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 class TilingCancelled(RuntimeError):
     """The request gave up (deadline, disconnect) while its tiles were being restored."""
+
+
+class PriorRun(Protocol):
+    """The whole image's IPR, computed in `units` calls of `step()` (True while more remain)."""
+
+    @property
+    def units(self) -> int: ...
+
+    def step(self) -> bool: ...
+
+    @property
+    def ipr(self) -> torch.Tensor: ...
+
+
+class OneShotPrior:
+    """A prior that is one unit of work: a backend's whole-image `prior` call (an exported graph)."""
+
+    units = 1
+
+    def __init__(self, prior: RestoreFn, lq: torch.Tensor, noise: torch.Tensor) -> None:
+        self._call: Callable[[], torch.Tensor] | None = lambda: prior(lq, noise)
+        self._ipr: torch.Tensor | None = None
+
+    def step(self) -> bool:
+        if self._call is not None:
+            self._ipr, self._call = self._call(), None
+        return False
+
+    @property
+    def ipr(self) -> torch.Tensor:
+        if self._ipr is None:
+            raise RuntimeError("the prior has not been computed")
+        return self._ipr
+
+
+class KnownPrior:
+    """An IPR the caller already has: no units of work."""
+
+    units = 0
+
+    def __init__(self, ipr: torch.Tensor) -> None:
+        self.ipr = ipr
+
+    def step(self) -> bool:
+        return False
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -63,15 +109,16 @@ class TileGeometry:
 
 
 class TiledRestoration:
-    """One large image restored a tile per `step()`, so callers can interleave other work.
+    """One large image restored one unit per `step()` (first the prior's units, then one tile each),
+    so callers can interleave other work and a small request never waits behind more than one unit.
 
     The blend weight of tile (i, j) is wy_i(y) * wx_j(x), so the total weight at a pixel is
     (sum_i wy_i(y)) * (sum_j wx_j(x)): two 1-D sums instead of a full-size weight image.
     """
 
-    def __init__(self, lq: torch.Tensor, ipr: torch.Tensor, restore: RestoreFn, geometry: TileGeometry) -> None:
+    def __init__(self, lq: torch.Tensor, prior: PriorRun, restore: RestoreFn, geometry: TileGeometry) -> None:
         _, _, h, w = lq.shape
-        self.lq, self.ipr, self.restore, self.g = lq, ipr, restore, geometry
+        self.lq, self.prior, self.restore, self.g = lq, prior, restore, geometry
         s = geometry.scale
         self.rows = tile_starts(h, geometry.tile, geometry.overlap)
         self.cols = tile_starts(w, geometry.tile, geometry.overlap)
@@ -84,8 +131,13 @@ class TiledRestoration:
         self.done = 0
 
     @property
-    def total(self) -> int:
+    def tiles(self) -> int:
         return len(self.rows) * len(self.cols)
+
+    @property
+    def total(self) -> int:
+        """Units of work: the prior's, then one per tile."""
+        return self.prior.units + self.tiles
 
     def _extent(self, index: int, vertical: bool) -> int:
         starts, size = (self.rows, self.lq.shape[-2]) if vertical else (self.cols, self.lq.shape[-1])
@@ -97,13 +149,17 @@ class TiledRestoration:
         return ramp(length, self.g.overlap * self.g.scale, index > 0, index < count - 1)
 
     def step(self) -> bool:
-        """Restore the next tile; returns True while tiles remain."""
-        i, j = divmod(self.done, len(self.cols))
+        """Run the next unit (a piece of the prior, else a tile); returns True while units remain."""
+        if self.done < self.prior.units:
+            self.prior.step()
+            self.done += 1
+            return True
+        i, j = divmod(self.done - self.prior.units, len(self.cols))
         top, left, s = self.rows[i], self.cols[j], self.g.scale
         th, tw = self._extent(i, True), self._extent(j, False)
         window = self.lq[..., top : top + th, left : left + tw]
         piece, _ = pad_to_multiple(window, self.g.multiple, self.g.pad_mode)  # type: ignore[arg-type]
-        restored = self.restore(piece.contiguous(), self.ipr)[..., : th * s, : tw * s]
+        restored = self.restore(piece.contiguous(), self.prior.ipr)[..., : th * s, : tw * s]
         blend = self._ramp(i, True)[:, None] * self._ramp(j, False)[None, :]
         self.out[..., top * s : (top + th) * s, left * s : (left + tw) * s] += restored * blend
         self.done += 1
@@ -138,7 +194,7 @@ def restore_tiled(
     `should_stop` is checked before every tile, so an abandoned request frees the device within
     one tile's time instead of running to the end.
     """
-    run = TiledRestoration(lq, ipr, restore, geometry(tile_size, overlap, multiple, pad_mode, scale))
+    run = TiledRestoration(lq, KnownPrior(ipr), restore, geometry(tile_size, overlap, multiple, pad_mode, scale))
     more = True
     while more:
         if should_stop():

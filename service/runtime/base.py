@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import torch
 
+from service.tiling import OneShotPrior, PriorRun
+
 
 @dataclass(frozen=True)
 class ModelInfo:
@@ -74,3 +76,27 @@ class Backend(Protocol):
     def restore(self, lq: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
         """DIRformer only, on a padded tile batch with a given IPR."""
         ...
+
+    def prior_run(self, lq: torch.Tensor, noise: torch.Tensor, tile_edge: int) -> PriorRun:
+        """`prior` as units of work of about one `tile_edge`² tile's input area each (one unit where
+        the backend cannot split it), so a tiled job yields the device between them."""
+        ...
+
+
+class ExportedPrior:
+    """The prior of exported graphs: their `prior` graph is one call on the whole image. Given the
+    checkpoint's eager model (`windowed`), large priors run exactly, window by window, instead."""
+
+    windowed: Any = None
+
+    @property
+    def exact_large_prior(self) -> bool:
+        return self.windowed is not None
+
+    def prior(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def prior_run(self, lq: torch.Tensor, noise: torch.Tensor, tile_edge: int) -> PriorRun:
+        if self.windowed is not None:
+            return self.windowed.prior_run(lq, noise, tile_edge)
+        return OneShotPrior(self.prior, lq, noise)

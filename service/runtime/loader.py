@@ -5,7 +5,8 @@ default checkpoint from `models.tasks.TASKS`. A checkpoint runs on the configure
 
 * `torch`: eager, at `DIFFIR_PRECISION` (fp32 unless set).
 * `onnxruntime` / `torchscript`: the exported `<stem>.full.<onnx|ts>` next to the checkpoint when
-  present, else exports built on first use in the cache folder (`service.runtime.exports`).
+  present, else exports built on first use in the cache folder (`service.runtime.exports`); the
+  prior of a tiled input still comes from the checkpoint's eager model, window by window.
 * `auto` (the default): every candidate this machine supports is timed and the fastest one that
   stays within 45 dB of fp32 is kept (`service.runtime.autotune`), the choice cached per machine
   and model. An explicit `DIFFIR_PRECISION` limits the candidates to that precision.
@@ -15,6 +16,7 @@ A built-in task name must be served by a model of the task's kind and scale.
 
 from __future__ import annotations
 
+import logging
 import math
 from functools import partial
 from pathlib import Path
@@ -27,6 +29,7 @@ from service.errors import StartupError
 from service.runtime.base import Backend
 from service.settings import Settings, TaskSettings
 
+log = logging.getLogger("diffir")
 _FORMAT = {"onnxruntime": "onnx", "torchscript": "torchscript"}
 AUTO_EXPORT_TIMEOUT_S = 120.0
 """`auto` gives up on a candidate whose first-use export takes longer (a huge traced graph on a
@@ -86,7 +89,14 @@ def _exported(
         from service.runtime.exports import cached_export
 
         beside = cached_export(checkpoint, spec.variant, fmt, cache_root(settings.cache_dir), timeout_s)
-    return _from_artifact(beside, backend, settings, device)
+    exported = _from_artifact(beside, backend, settings, device)
+    # A tiled input's prior: exact and in window-sized units from the eager model (the exported prior
+    # graph is one call on the whole image, which would hold the device for several tiles' time).
+    try:
+        exported.windowed = _torch(checkpoint, spec, device, "fp32")
+    except Exception as exc:  # an exported sibling of a checkpoint that does not load by itself
+        log.warning("windowed prior unavailable", extra={"checkpoint": str(checkpoint), "error": str(exc)})
+    return exported
 
 
 def _torch(checkpoint: Path, spec: TaskSettings, device: torch.device, precision: str) -> Backend:

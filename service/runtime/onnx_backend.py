@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from service.runtime.artifacts import Artifact, model_info
+from service.runtime.base import ExportedPrior
 
 CUDA_ARENA_FRACTION = 0.75
 """ORT's CUDA memory arena stops growing at this share of the GPU's memory (default: no limit)."""
@@ -48,7 +49,7 @@ def providers_for(device: torch.device, available: list[str]) -> list[Any]:
     return [("CUDAExecutionProvider", cuda_provider_options(device)), "CPUExecutionProvider"]
 
 
-class OnnxBackend:
+class OnnxBackend(ExportedPrior):
     name = "onnxruntime"
     precision = "fp32"
 
@@ -71,7 +72,6 @@ class OnnxBackend:
         if device.type == "cuda" and self.provider != "CUDAExecutionProvider":
             raise RuntimeError(f"ONNX Runtime could not load its CUDA provider for {device} (it would run on the CPU)")
         self.bucket_multiple = CUDA_BUCKET_MULTIPLE if device.type == "cuda" else 0
-        self.exact_large_prior = False
         self.supports_tiling = {"prior", "restorer"} <= self.sessions.keys()
 
     def _call(self, graph: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -21,6 +21,25 @@ from service.runtime.devices import PRECISIONS, describe, math_mode
 PRIOR_WINDOW = 256  # window edge at CPEN resolution (1/4 of the DIRformer input for most tasks)
 
 
+class _DevicePrior:
+    """`models.diffir.WindowedPrior` stepped under this backend's math mode, IPR back on the CPU."""
+
+    def __init__(self, run, math, out) -> None:  # type: ignore[no-untyped-def]
+        self.run, self.math, self.out = run, math, out
+
+    @property
+    def units(self) -> int:
+        return self.run.units
+
+    def step(self) -> bool:
+        with torch.inference_mode(), self.math():
+            return self.run.step()
+
+    @property
+    def ipr(self) -> torch.Tensor:
+        return self.out(self.run.ipr)
+
+
 def _version(meta: dict | None, sha256: str) -> str:
     if meta:
         provenance = meta.get("provenance") or {}
@@ -66,3 +85,13 @@ class TorchBackend:
     def prior(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), self.math():
             return self._out(self.net.prior_windowed(self._in(lq), self._in(noise), PRIOR_WINDOW))
+
+    def prior_run(self, lq: torch.Tensor, noise: torch.Tensor, tile_edge: int) -> _DevicePrior:
+        """One CPEN window per unit, each covering a tile's input area (CPEN runs at 1/unshuffle of
+        the input's edge): a unit costs about half a DIRformer tile, so small jobs slip in between."""
+        from models.diffir import WindowedPrior
+
+        window = max(8, min(PRIOR_WINDOW, tile_edge // self.net.config.cpen_s2_unshuffle))
+        with torch.inference_mode():
+            run = WindowedPrior(self.net, self._in(lq), self._in(noise), window)
+        return _DevicePrior(run, self.math, self._out)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 
 from service.runtime.artifacts import Artifact, model_info
+from service.runtime.base import ExportedPrior
 from service.runtime.devices import describe
 
 
-class TorchScriptBackend:
+class TorchScriptBackend(ExportedPrior):
     name = "torchscript"
     precision = "fp32"
 
@@ -19,7 +20,6 @@ class TorchScriptBackend:
         }
         self.info = model_info(artifacts)
         self.provider = describe(device)
-        self.exact_large_prior = False
         self.supports_tiling = {"prior", "restorer"} <= self.modules.keys()
 
     def _call(self, graph: str, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

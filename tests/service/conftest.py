@@ -132,8 +132,12 @@ def anyio_backend() -> str:
 
 
 # --- fake backends (pixel-exact I/O checks, fault injection) ---------------------------------------
-class IdentityBackend:
-    """Returns its input (nearest-upsampled for SR): isolates the I/O path for pixel-exact checks."""
+from service.runtime.base import ExportedPrior  # noqa: E402  (the one-call prior of an exported graph)
+
+
+class IdentityBackend(ExportedPrior):
+    """Returns its input (nearest-upsampled for SR): isolates the I/O path for pixel-exact checks.
+    Its prior is one unit of work, like an exported graph's without the eager model beside it."""
 
     name = "identity"
     provider = "cpu"
@@ -191,6 +195,9 @@ class GatedBackend:
 
     def prior(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         return self.inner.prior(lq, noise)
+
+    def prior_run(self, lq: torch.Tensor, noise: torch.Tensor, tile_edge: int):  # type: ignore[no-untyped-def]
+        return self.inner.prior_run(lq, noise, tile_edge)
 
     def restore(self, lq: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
         return self.inner.restore(lq, ipr)

@@ -185,3 +185,73 @@ async def test_small_requests_run_between_the_tiles_of_a_large_one() -> None:
         assert await big == 200
         assert finished["small"] < finished["big"]
         assert live.state.tasks["deblur"].depth == 0
+
+
+def test_prior_of_a_tiled_input_runs_in_tile_sized_units(checkpoints) -> None:
+    """The torch backend splits a large input's prior into CPEN windows of one tile's input area, one
+    unit of work each (so the device can be yielded between them), and still returns the exact IPR."""
+    backend = TorchBackend(checkpoints["deblur"], None, resolve_device("cpu"))
+    lq, _ = pad_to_multiple(scene(96, 120), 8, "reflect")
+    noise = torch.randn(1, 256, generator=torch.Generator().manual_seed(0))
+    whole = backend.prior(lq, noise)
+    run = backend.prior_run(lq, noise, tile_edge=32)  # 32 px = 8 at CPEN's 1/4: 24x30 -> 3x4 windows
+    steps = 1
+    while run.step():
+        steps += 1
+    assert run.units == steps == 12
+    assert torch.allclose(run.ipr, whole, atol=1e-5, rtol=1e-4)
+    assert backend.prior_run(lq, noise, tile_edge=480).units == 1  # fits one window: one unit
+
+
+@pytest.mark.anyio
+async def test_small_requests_run_between_the_prior_units_of_a_large_one() -> None:
+    """A small request sent while a tiled job's prior is being computed is answered before that
+    prior is finished: the prior is not one unsplittable block of device time."""
+    import asyncio
+    import threading
+    import time
+
+    from PIL import Image
+
+    from service.settings import Settings
+    from service.tiling import KnownPrior
+    from tests.service.conftest import IdentityBackend
+
+    class SlowPrior(KnownPrior):
+        units = 6
+
+        def __init__(self, owner: SlowPriorBackend) -> None:
+            super().__init__(torch.zeros(1, 256))
+            self.owner = owner
+
+        def step(self) -> bool:
+            self.owner.started.set()
+            time.sleep(0.15)
+            self.owner.prior_steps += 1
+            return self.owner.prior_steps < self.units
+
+    class SlowPriorBackend(IdentityBackend):
+        def __init__(self) -> None:
+            super().__init__()
+            self.started, self.prior_steps = threading.Event(), 0
+
+        def prior_run(self, lq: torch.Tensor, noise: torch.Tensor, tile_edge: int) -> SlowPrior:
+            return SlowPrior(self)
+
+    backend = SlowPriorBackend()
+    settings = Settings(
+        tasks={"deblur": {}}, warmup_size=0, tile_size=48, tile_overlap=8, tile_threshold_pixels=1000, max_wait_ms=0
+    )
+    async for live in start_app(settings, backends={"deblur": backend}):
+        png = {"content-type": "image/png"}
+        big = asyncio.ensure_future(
+            live.client.post("/restore/deblur", content=encode(Image.new("RGB", (120, 96), (9, 9, 9))), headers=png)
+        )
+        assert await asyncio.to_thread(backend.started.wait, 30)
+        r = await live.client.post(
+            "/restore/deblur", content=encode(Image.new("RGB", (30, 30), (1, 2, 3))), headers=png
+        )
+        assert r.status_code == 200
+        assert backend.prior_steps < SlowPrior.units, backend.prior_steps  # answered inside the prior
+        assert (await big).status_code == 200
+        assert backend.prior_steps == SlowPrior.units
