@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 
 from models import load_model
+from models.checkpoint import sha256_file
 from models.diffir import DiffIRS2
 from models.inpainting import composite, smooth_fill
 from models.tasks import get_task
@@ -317,6 +319,31 @@ def markdown_table(result: dict) -> str:
     return f"PSNR in dB ({result['metric']}).\n\n" + "\n".join(lines) + "\n"
 
 
+SR_SETS = ("Set5", "Set14", "BSD100", "Urban100")
+
+
+def protocol_cases(kind: str, scale: int, root: Path, protocol: str, sets: Sequence[str] = SR_SETS) -> Iterator[Case]:
+    """The evaluation cases of a task's protocol (sr: "ours" | "standard"; deblur: "ours" | "noharm" |
+    "all"), in the order the committed results list them."""
+    if kind == "sr":
+        return sr_cases(root, scale, sets, protocol)
+    if kind == "deblur" and protocol == "noharm":
+        return noharm_cases(root)
+    if kind == "deblur" and protocol == "all":
+        return itertools.chain(deblur_cases(root), noharm_cases(root))
+    if kind == "deblur":
+        return deblur_cases(root)
+    return inpaint_cases(root)
+
+
+def _display_path(path: str) -> str:
+    """Relative to the working folder when inside it (a committed result names no machine's paths)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True, choices=("deblur", "sr-x4", "inpaint"))
@@ -324,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-root", default=str(SHARED_DATA), help="the shared data folder (val/, tasks/)")
     parser.add_argument("--folder", help="evaluate on clean images degraded with the task's seeded degradation")
     parser.add_argument("--paired", help="evaluate on lq/ + gt/ folders")
-    parser.add_argument("--sets", nargs="+", default=["Set5", "Set14", "BSD100", "Urban100"], help="sr-x4 sets")
+    parser.add_argument("--sets", nargs="+", default=list(SR_SETS), help="sr-x4 sets")
     parser.add_argument(
         "--protocol",
         default="",
@@ -351,16 +378,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cases = folder_cases(Path(args.folder), args.task, args.degrade_seed)
     elif args.paired:
         cases = paired_cases(Path(args.paired))
-    elif kind == "sr":
-        cases = sr_cases(root, scale, args.sets, sr_protocols[0])
-    elif kind == "deblur" and protocol == "noharm":
-        cases = noharm_cases(root)
-    elif kind == "deblur" and protocol == "all":
-        cases = itertools.chain(deblur_cases(root), noharm_cases(root))
-    elif kind == "deblur":
-        cases = deblur_cases(root)
     else:
-        cases = inpaint_cases(root)
+        cases = protocol_cases(kind, scale, root, sr_protocols[0] if kind == "sr" else protocol, args.sets)
     net = None
     ckpt = args.checkpoint or str(spec.default_checkpoint_path())
     if not args.baselines_only:
@@ -369,7 +388,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     save = out / "images" if out and args.save_images else None
     sr_first = sr_protocols[0] if kind == "sr" else "ours"
     result = evaluate(net, cases, kind, scale, args.seed, save, args.skip_baselines, protocol=sr_first)
-    result["task"], result["checkpoint"] = args.task, None if net is None else ckpt
+    result["task"], result["checkpoint"] = args.task, None if net is None else _display_path(ckpt)
+    result["sha256"] = None if net is None else sha256_file(Path(ckpt))  # which weights these numbers are for
+    result["command"] = "python -m training evaluate " + " ".join(argv if argv is not None else sys.argv[1:])
     tables = [markdown_table(result)]
     if kind == "sr" and not (args.folder or args.paired):
         result["protocol"] = sr_first

@@ -6,13 +6,27 @@ needed to keep the test fast; the full numbers are in the model cards.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from models import load_model
+from models.checkpoint import read_sidecar
 from models.tasks import get_task
 from training.degradations import SHARED_DATA, bicubic_down, bicubic_up, convolve, load_levin_kernels, mod_crop
-from training.evaluate import Case, blurred_kodak, face_masks, mild_shake_kernel, noisy, restore, telea
+from training.evaluate import (
+    Case,
+    blurred_kodak,
+    face_masks,
+    markdown_table,
+    mild_shake_kernel,
+    noisy,
+    protocol_cases,
+    restore,
+    telea,
+)
 from training.imageio import list_images, read_image
 from training.metrics import psnr
 
@@ -82,3 +96,65 @@ def test_shipped_outputs_are_deterministic(task):
         a = net.forward_any_size(x, generator=torch.Generator().manual_seed(0))
         b = net.forward_any_size(x, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and a.shape[-2:] == (16 * cfg.scale, 24 * cfg.scale)
+
+
+# --- the model cards' evaluation tables: the committed results of one evaluation run -------------------
+EVAL_DIR = Path(__file__).resolve().parents[2] / "models" / "weights" / "eval"
+# The protocols each committed evaluation ran, in the order of its results (sr-x4: both, "ours" first).
+EVAL_PROTOCOLS = {"deblur": ("all",), "sr-x4": ("ours", "standard"), "inpaint": ("ours",)}
+
+
+def _committed(task: str) -> dict:
+    path = EVAL_DIR / f"{task}.json"
+    assert path.is_file(), f"{path} is missing: python -m training evaluate --task {task} ... --out, then copy"
+    return json.loads(path.read_text())
+
+
+def _results_by_protocol(task: str) -> list[tuple[str, dict]]:
+    result = _committed(task)
+    return [(p, result if i == 0 else result[p]) for i, p in enumerate(EVAL_PROTOCOLS[task])]
+
+
+@pytest.mark.parametrize("task", ["deblur", "sr-x4", "inpaint"])
+def test_card_tables_are_the_committed_evaluation_of_the_shipped_weights(task):
+    """Every evaluation table in a model card is, row for row, the committed results file, and that file
+    evaluated exactly the weights that ship (same SHA-256)."""
+    result = _committed(task)
+    path = get_task(task).default_checkpoint_path()
+    assert result["sha256"] == read_sidecar(path)["sha256"], "the committed evaluation is of other weights"
+    card = path.with_suffix(".md").read_text()
+    for protocol, res in _results_by_protocol(task):
+        rows = [line for line in markdown_table(res).splitlines() if line.startswith("| ")][1:]
+        assert len(rows) == len(res["means"]) >= 2
+        for row in rows:
+            assert row in card, f"{task} card ({protocol}) lacks the evaluated row {row!r}"
+
+
+@pytest.mark.parametrize("task", ["deblur", "sr-x4", "inpaint"])
+def test_committed_evaluation_reproduces_on_the_first_image_of_each_set(task):
+    """The committed per-image numbers are what the shipped model gives now: the first image of every set
+    (whole image, not a crop) is restored again and must match its committed PSNR to 0.01 dB."""
+    spec = get_task(task)
+    net, kind = _net(task), spec.config.kind
+    border, y = (spec.scale, True) if kind == "sr" else (0, False)
+    for protocol, res in _results_by_protocol(task):
+        committed = {(r["set"], r["image"]): r["model"]["psnr"] for r in res["images"]}
+        sets = [s for s in res["means"] if s != "all"]
+        seen: set[str] = set()
+        # sr: one set at a time (no need to degrade every image of the sets before); others: in order
+        streams = (
+            [protocol_cases(kind, spec.scale, SHARED_DATA, protocol, [s]) for s in sets]
+            if kind == "sr"
+            else [protocol_cases(kind, spec.scale, SHARED_DATA, protocol)]
+        )
+        for case in (c for stream in streams for c in stream):
+            if case.set_name in seen:
+                continue
+            seen.add(case.set_name)
+            out = restore(net, case, seed=0)
+            got = psnr(out, case.gt, border, y)
+            want = committed[(case.set_name, case.name)]
+            assert abs(got - want) <= 0.01, (task, protocol, case.set_name, case.name, got, want)
+            if len(seen) == len(sets):
+                break
+        assert seen == set(sets)
