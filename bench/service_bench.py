@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import logging
 import os
 import platform
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,17 +47,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from service.devserver import LiveServer, server_env
+
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("bench.service")
 BLOCK_REQUESTS = {1: 3, 4: 8, 8: 8}
 """Requests per (server, concurrency level, round) block."""
 TASK = "deblur"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def checkpoint(tmp: Path) -> tuple[Path, str]:
@@ -143,55 +138,32 @@ def server_timing(header: str, phase: str) -> float:
 
 
 # --- a real server -----------------------------------------------------------------------------------
-class Server:
-    def __init__(self, ckpt: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFIR_")}
-        defaults = {
-            "DIFFIR_TASKS": json.dumps({TASK: {"checkpoint": str(ckpt)}}),
-            "DIFFIR_LOG_LEVEL": "warning",
-            "DIFFIR_WARMUP_SIZE": "256",
-            "DIFFIR_QUEUE_SIZE": "256",
-            "DIFFIR_DEADLINE_S": "600",
-            "DIFFIR_BACKEND": "torch",
-            "PYTHONPATH": str(ROOT),
-        }
-        full_env.update({**defaults, **env})
-        cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, env=full_env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("server not ready within 180 s")
+def server(ckpt: Path, **settings: str) -> LiveServer:
+    """A `python -m service` serving `ckpt`, for `with`: ready within 180 s, 60 s to drain when stopped."""
+    defaults = {
+        "DIFFIR_TASKS": json.dumps({TASK: {"checkpoint": str(ckpt)}}),
+        "DIFFIR_LOG_LEVEL": "warning",
+        "DIFFIR_WARMUP_SIZE": "256",
+        "DIFFIR_QUEUE_SIZE": "256",
+        "DIFFIR_DEADLINE_S": "600",
+        "DIFFIR_BACKEND": "torch",
+    }
+    return LiveServer(server_env(**{**defaults, **settings}), ready_timeout_s=180, stop_timeout_s=60)
 
-    def batch_sizes(self) -> dict[str, float]:
-        """Batch-size histogram (non-cumulative counts per bucket upper bound) from /metrics."""
-        cumulative = {}
-        for line in httpx.get(f"{self.url}/metrics").text.splitlines():
-            if line.startswith("diffir_batch_size_bucket"):
-                le = line.split('le="')[1].split('"')[0]
-                cumulative[le] = float(line.split()[-1])
-        out, previous = {}, 0.0
-        for le, count in cumulative.items():
-            if count - previous:
-                out[le] = count - previous
-            previous = count
-        return out
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+def batch_sizes(srv: LiveServer) -> dict[str, float]:
+    """Batch-size histogram (non-cumulative counts per bucket upper bound) from /metrics."""
+    cumulative = {}
+    for line in httpx.get(f"{srv.url}/metrics").text.splitlines():
+        if line.startswith("diffir_batch_size_bucket"):
+            le = line.split('le="')[1].split('"')[0]
+            cumulative[le] = float(line.split()[-1])
+    out, previous = {}, 0.0
+    for le, count in cumulative.items():
+        if count - previous:
+            out[le] = count - previous
+        previous = count
+    return out
 
 
 async def load(url: str, body: bytes, concurrency: int, total: int) -> dict:
@@ -236,29 +208,27 @@ async def load(url: str, body: bytes, concurrency: int, total: int) -> dict:
 
 def interleaved_throughput(ckpt: Path, size: int, levels: list[int], rounds: int) -> list[dict]:
     """Batching on (max 4) and off (1) in two servers, alternated level by level and round by round."""
-    configs = {4: Server(ckpt, DIFFIR_MAX_BATCH_SIZE="4", DIFFIR_MAX_WAIT_MS="5")}
-    try:
-        configs[1] = Server(ckpt, DIFFIR_MAX_BATCH_SIZE="1", DIFFIR_MAX_WAIT_MS="5")
+    with contextlib.ExitStack() as servers:
+        configs = {
+            b: servers.enter_context(server(ckpt, DIFFIR_MAX_BATCH_SIZE=str(b), DIFFIR_MAX_WAIT_MS="5")) for b in (4, 1)
+        }
         body = test_image(size)
-        for server in configs.values():
-            asyncio.run(load(server.url, body, 1, 2))  # connection and allocator warm-up
+        for srv in configs.values():
+            asyncio.run(load(srv.url, body, 1, 2))  # connection and allocator warm-up
         blocks: dict[tuple[int, int], list[dict]] = {(b, c): [] for b in configs for c in levels}
         for r in range(rounds):
             for c in levels:
                 order = [4, 1] if (r + c) % 2 == 0 else [1, 4]
                 for max_batch in order:
-                    server = configs[max_batch]
-                    before = server.batch_sizes()
-                    block = asyncio.run(load(server.url, body, c, BLOCK_REQUESTS[c]))
-                    after = server.batch_sizes()
+                    srv = configs[max_batch]
+                    before = batch_sizes(srv)
+                    block = asyncio.run(load(srv.url, body, c, BLOCK_REQUESTS[c]))
+                    after = batch_sizes(srv)
                     block["batch_sizes"] = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
                     block["round"] = r
                     blocks[(max_batch, c)].append(block)
                     log.info("batching max %d, concurrency %d, round %d: %.2f req/s", max_batch, c, r,
                              block["requests_per_s"])  # fmt: skip
-    finally:
-        for server in configs.values():
-            server.stop()
     rows = []
     for (max_batch, c), runs in blocks.items():
         rates = [b["requests_per_s"] for b in runs]
@@ -292,34 +262,29 @@ def interleaved_throughput(ckpt: Path, size: int, levels: list[int], rounds: int
 def peak_rss(ckpt: Path, size: int) -> dict:
     import psutil
 
-    server = Server(ckpt, DIFFIR_WARMUP_SIZE="64")
-    proc = psutil.Process(server.proc.pid)
-    baseline = proc.memory_info().rss
-    peak, stop = baseline, threading.Event()
+    with server(ckpt, DIFFIR_WARMUP_SIZE="64") as srv:
+        proc = psutil.Process(srv.proc.pid)
+        baseline = proc.memory_info().rss
+        peak, stop = baseline, threading.Event()
 
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            try:
-                peak = max(peak, proc.memory_info().rss)
-            except psutil.Error:
-                return
-            time.sleep(0.02)
+        def sample() -> None:
+            nonlocal peak
+            while not stop.is_set():
+                try:
+                    peak = max(peak, proc.memory_info().rss)
+                except psutil.Error:
+                    return
+                time.sleep(0.02)
 
-    body = test_image(size, quality=90)
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+        body = test_image(size, quality=90)
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         t0 = time.perf_counter()
-        r = httpx.post(
-            f"{server.url}/restore/{TASK}", content=body, headers={"content-type": "image/jpeg"}, timeout=3600
-        )
+        r = httpx.post(f"{srv.url}/restore/{TASK}", content=body, headers={"content-type": "image/jpeg"}, timeout=3600)
         elapsed = time.perf_counter() - t0
         stop.set()
         sampler.join(5)
         ok = r.status_code == 200 and Image.open(io.BytesIO(r.content)).size == (size, size)
-    finally:
-        server.stop()
     return {
         "size": size,
         "status": r.status_code,

@@ -7,20 +7,14 @@ limit checks are exercised against the server's own numbers. Screenshots go to t
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from PIL import Image
 
+from service.devserver import LiveServer, server_env
 from tests.browser.support import (
     API_KEY,
     CHROMIUM,
@@ -30,16 +24,9 @@ from tests.browser.support import (
     MAX_OUTPUT_PIXELS,
     OUTPUT,
     RECORD_SENT_FORMS,
-    ROOT,
     Server,
     make_image,
 )
-
-
-def _free_port() -> int:
-    with contextlib.closing(socket.socket()) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tiny_checkpoints(folder: Path) -> dict[str, dict[str, str]]:
@@ -64,53 +51,24 @@ def _tiny_checkpoints(folder: Path) -> dict[str, dict[str, str]]:
     return tasks
 
 
-def _start(cmd: list[str], env: dict[str, str], log_path: Path, url: str) -> subprocess.Popen:
-    log = log_path.open("wb")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "readyz", timeout=2).status_code == 200:  # models loaded and warmed
-                return proc
-        time.sleep(0.2)
-    proc.kill()
-    proc.wait()
-    tail = log_path.read_text(errors="replace")[-3000:]
-    pytest.fail(f"server did not become ready: {' '.join(cmd)}\n{tail}")
-
-
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The real service (`python -m service`) on a free loopback port, tiny models, an API key."""
     folder = tmp_path_factory.mktemp("browser-server")
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}/"
-    env = {
-        **os.environ,
-        "DIFFIR_API_KEY": API_KEY,
-        "DIFFIR_DEVICE": "cpu",
-        "DIFFIR_TORCH_THREADS": "1",
-        "DIFFIR_MAX_BODY_BYTES": str(MAX_BODY_BYTES),
-        "DIFFIR_MAX_INPUT_PIXELS": str(MAX_INPUT_PIXELS),
-        "DIFFIR_MAX_OUTPUT_PIXELS": str(MAX_OUTPUT_PIXELS),
-        "DIFFIR_WARMUP_SIZE": "16",
-        "DIFFIR_LOG_JSON": "false",
-        "DIFFIR_LOG_LEVEL": "warning",
-    }
-    env["DIFFIR_TASKS"] = json.dumps(_tiny_checkpoints(folder / "models"))
-    cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
-    proc = _start(cmd, env, folder / "server.log", url)
-    try:
-        yield Server(url=url, api_key=API_KEY)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    env = server_env(
+        DIFFIR_API_KEY=API_KEY,
+        DIFFIR_DEVICE="cpu",
+        DIFFIR_TORCH_THREADS="1",
+        DIFFIR_MAX_BODY_BYTES=str(MAX_BODY_BYTES),
+        DIFFIR_MAX_INPUT_PIXELS=str(MAX_INPUT_PIXELS),
+        DIFFIR_MAX_OUTPUT_PIXELS=str(MAX_OUTPUT_PIXELS),
+        DIFFIR_WARMUP_SIZE="16",
+        DIFFIR_LOG_JSON="false",
+        DIFFIR_LOG_LEVEL="warning",
+        DIFFIR_TASKS=json.dumps(_tiny_checkpoints(folder / "models")),
+    )
+    with LiveServer(env, log=folder / "server.log") as srv:
+        yield Server(url=srv.url + "/", api_key=API_KEY)
 
 
 @pytest.fixture(scope="package")

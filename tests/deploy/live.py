@@ -10,7 +10,7 @@ import re
 import signal
 import socket
 import subprocess
-import sys
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from service.devserver import LiveServer, server_env
 from tests.deploy.conftest import REPO
 
 # The exposition NVIDIA's dcgm-exporter serves (default counters), for two GPUs of one host.
@@ -101,7 +102,8 @@ def tiny_checkpoints(root: Path) -> dict[str, Path]:
 
 
 class Process:
-    """A child process in its own process group, its output in a log file; always cleaned up."""
+    """A third-party child process (Prometheus, nginx; the service goes through LiveServer) in its own process group,
+    its output in a log file; always cleaned up."""
 
     def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path = REPO) -> None:
         self.log_path = log
@@ -117,9 +119,6 @@ class Process:
         self._log.flush()
         return self.log_path.read_text(errors="replace")[-4000:]
 
-    def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
-
     def stop(self, timeout: float = 15) -> None:
         if self.alive():
             self.proc.send_signal(signal.SIGTERM)
@@ -132,21 +131,17 @@ class Process:
 
 
 def service_env(checkpoints: dict[str, Path], **settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DIFFIR_")}
-    env.update(
-        {
-            "DIFFIR_TASKS": json.dumps({t: {"checkpoint": str(p)} for t, p in checkpoints.items()}),
-            "DIFFIR_WARMUP_SIZE": "16",
-            "DIFFIR_TORCH_THREADS": "1",
-            "DIFFIR_MAX_BATCH_SIZE": "4",
-            "DIFFIR_MAX_WAIT_MS": "20",
-            "DIFFIR_LOG_JSON": "true",
-            "OMP_NUM_THREADS": "1",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    env.update(settings)
-    return env
+    defaults = {
+        "DIFFIR_TASKS": json.dumps({t: {"checkpoint": str(p)} for t, p in checkpoints.items()}),
+        "DIFFIR_WARMUP_SIZE": "16",
+        "DIFFIR_TORCH_THREADS": "1",
+        "DIFFIR_MAX_BATCH_SIZE": "4",
+        "DIFFIR_MAX_WAIT_MS": "20",
+        "DIFFIR_LOG_JSON": "true",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    return server_env(**{**defaults, **settings})
 
 
 @contextlib.contextmanager
@@ -156,23 +151,14 @@ def running_service(
     prefix: tuple[str, ...] = (),
     extra_env: dict | None = None,
     **settings: str,
-) -> Iterator[tuple[Process, str]]:
-    """`python -m service` on a free loopback port (optionally under a wrapper command), ready when yielded."""
-    port = free_port()
+) -> Iterator[tuple[LiveServer, str]]:
+    """`python -m service` on a free loopback port (optionally under a wrapper command), ready when yielded; its
+    output stays in `tmp` for a failed test's post-mortem."""
     env = {**service_env(checkpoints, **settings), **(extra_env or {})}
-    cmd = [*prefix, sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
-    proc = Process(cmd, tmp / f"service-{port}.log", env=env)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(
-            lambda: (proc.alive() and http("GET", base + "/readyz", timeout=2)[0] == 200) or not proc.alive(),
-            120,
-            "the service to become ready",
-        )
-        assert proc.alive(), proc.output()
-        yield proc, base
-    finally:
-        proc.stop()
+    fd, log = tempfile.mkstemp(prefix="service-", suffix=".log", dir=tmp)
+    os.close(fd)
+    with LiveServer(env, prefix=prefix, log=Path(log), stop_timeout_s=15) as srv:
+        yield srv, srv.url
 
 
 @contextlib.contextmanager
