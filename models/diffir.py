@@ -131,7 +131,7 @@ class DiffIRS2(nn.Module):
 class WindowedPrior:
     """The IPR of one (large) input computed one CPEN window per `step()`, so that a server can run
     other work between the windows: the prior of a big image is otherwise one long, unsplittable
-    computation (CPEN costs about a third of the DIRformer per pixel). Same result as
+    computation (in the shipped models CPEN costs 0.5-0.9x the DIRformer per pixel). Same result as
     `DiffIRS2.prior` up to float summation order (see `CPEN.forward_windowed`).
     """
 

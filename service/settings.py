@@ -38,7 +38,7 @@ Every setting (environment variable, default, meaning):
 | `DIFFIR_TILE_SIZE` | `512` | tile edge (input pixels) for large images |
 | `DIFFIR_TILE_OVERLAP` | `32` | overlap between neighbouring tiles (input pixels), blended with a linear feather |
 | `DIFFIR_TILE_THRESHOLD_PIXELS` | `1048576` | larger inputs are restored in tiles (one global IPR) |
-| `DIFFIR_PRIOR_MAX_PIXELS` | `4194304` | exported graphs: larger tiled inputs get their IPR from a downscaled copy |
+| `DIFFIR_PRIOR_MAX_PIXELS` | `4194304` | a bare `artifact` (no checkpoint): larger tiled inputs get a downscaled IPR |
 | `DIFFIR_BUCKET_MULTIPLE` | `0` | pad sizes up to a multiple of this to batch more (0: the model's multiple) |
 | `DIFFIR_MASK_THRESHOLD` | `0.5` | a mask pixel is a hole when its luminance (× alpha) is at least this (0–1) |
 | `DIFFIR_PNG_COMPRESS_LEVEL` | `3` | zlib level of PNG responses (0–9) |

@@ -87,8 +87,9 @@ class TorchBackend:
             return self._out(self.net.prior_windowed(self._in(lq), self._in(noise), PRIOR_WINDOW))
 
     def prior_run(self, lq: torch.Tensor, noise: torch.Tensor, tile_edge: int) -> _DevicePrior:
-        """One CPEN window per unit, each covering a tile's input area (CPEN runs at 1/unshuffle of
-        the input's edge): a unit costs about half a DIRformer tile, so small jobs slip in between."""
+        """One CPEN window per unit, each covering at most a tile's input area (CPEN runs at
+        1/unshuffle of the input's edge): a unit costs at most about one DIRformer tile (CPEN is
+        0.5-0.9x the DIRformer per pixel in the shipped models), so small jobs slip in between."""
         from models.diffir import WindowedPrior
 
         window = max(8, min(PRIOR_WINDOW, tile_edge // self.net.config.cpen_s2_unshuffle))
