@@ -18,13 +18,14 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
 from service.auth import check_api_key
 from service.bodies import BodyLimits, ClientGone, Upload, read_body, split_body
+from service.dependencies import State, get_state
 from service.errors import ServiceError, error_response
 from service.logs import log_event
 from service.metrics import UNKNOWN_TASK
@@ -78,13 +79,6 @@ RESPONSES = {
 }
 
 
-def get_state(request: Request) -> ServiceState:
-    return request.app.state.service
-
-
-State = Annotated[ServiceState, Depends(get_state)]
-
-
 class _Accounting:
     """Counts one request's outcome once: requests_total, rejected_total, duration, log fields."""
 
@@ -125,7 +119,7 @@ class CountedRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as exc:
-                state: ServiceState = request.app.state.service
+                state = get_state(request)
                 task = request.path_params.get("task", "")
                 books = _Accounting(request, state, task)
                 parts = [f"{'.'.join(str(p) for p in e.get('loc', ())[1:])}: {e.get('msg')}" for e in exc.errors()]

@@ -9,24 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.tasks import TASKS
+from service.dependencies import State
 from service.imaging.formats import ALLOWED_FORMATS, OUTPUT_FORMATS
 from service.state import ServiceState, TaskRuntime
 
 router = APIRouter()
-
-
-def _state(request: Request) -> ServiceState:
-    return request.app.state.service
-
-
-State = Annotated[ServiceState, Depends(_state)]
 
 
 def read_route(target: Any, path: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
