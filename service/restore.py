@@ -37,6 +37,9 @@ MAX_SEED = 2**63 - 1
 _DIGITS = re.compile(r"^[0-9]{1,19}$")
 TIMEOUT_HEADER = "X-Request-Timeout"
 MAX_TIMEOUT_S = 86400.0
+MIN_TIMEOUT_S = 0.01
+"""A client deadline shorter than 10 ms cannot be met by any restoration (decoding alone takes longer):
+such a value is a malformed request (422), not a deadline to miss (504)."""
 SELF_COUNTED = ("queue_full", "draining", "deadline_exceeded")
 """Codes the batchers/budget already counted in `diffir_rejected_total` (never count twice)."""
 
@@ -155,7 +158,8 @@ def _strict_integers(request: Request) -> None:
 
 def _client_timeout(request: Request, query: float | None) -> float | None:
     """The client's deadline: the `timeout` query value, else the `X-Request-Timeout` header (seconds,
-    like the deadlines of the serving engines clients come from); 422 for anything but a positive number."""
+    like the deadlines of the serving engines clients come from); 422 for anything but a number of seconds
+    in [MIN_TIMEOUT_S, MAX_TIMEOUT_S]."""
     if query is not None:
         return query
     raw = request.headers.get(TIMEOUT_HEADER)
@@ -165,9 +169,10 @@ def _client_timeout(request: Request, query: float | None) -> float | None:
         value = float(raw)
     except ValueError:
         value = float("nan")
-    if not (0 < value <= MAX_TIMEOUT_S):  # also refuses nan and inf
+    if not (MIN_TIMEOUT_S <= value <= MAX_TIMEOUT_S):  # also refuses nan and inf
         raise ServiceError(
-            "bad_parameter", f"{TIMEOUT_HEADER}: {raw[:40]!r} is not a number of seconds in (0, {MAX_TIMEOUT_S:g}]"
+            "bad_parameter",
+            f"{TIMEOUT_HEADER}: {raw[:40]!r} is not a number of seconds in [{MIN_TIMEOUT_S:g}, {MAX_TIMEOUT_S:g}]",
         )
     return value
 
@@ -210,7 +215,7 @@ async def restore(
     timeout: Annotated[
         float | None,
         Query(
-            gt=0,
+            ge=MIN_TIMEOUT_S,
             le=MAX_TIMEOUT_S,
             description="seconds this request may take (also the `X-Request-Timeout` header); the server's "
             "deadline caps it; 504 `deadline_exceeded` past it",

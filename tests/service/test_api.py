@@ -348,7 +348,13 @@ async def test_a_client_deadline_shortens_the_servers(checkpoints) -> None:
             r = await c.post("/restore/deblur", content=img, headers=headers, params=params)
             assert_error(r, 504, "deadline_exceeded")
             assert 0.4 <= loop.time() - started < 10, loop.time() - started  # its own deadline, not the server's 60 s
-        for params, headers in (({"timeout": "0"}, PNG), ({}, {**PNG, "X-Request-Timeout": "soon"})):
+        malformed = (
+            ({"timeout": "0"}, PNG),
+            ({"timeout": "4.9e-324"}, PNG),  # a denormal from the fuzzer: no restoration can meet it
+            ({}, {**PNG, "X-Request-Timeout": "soon"}),
+            ({}, {**PNG, "X-Request-Timeout": "0.001"}),
+        )
+        for params, headers in malformed:
             r = await c.post("/restore/deblur", content=img, headers=headers, params=params)
             assert r.status_code == 422, (params, headers, r.text)
         backend.release.set()
