@@ -7,7 +7,8 @@ default checkpoint from `models.tasks.TASKS`. A checkpoint runs on the configure
 * `onnxruntime` / `torchscript`: the exported `<stem>.full.<onnx|ts>` next to the checkpoint when
   present, else exports built on first use in the cache folder (`service.runtime.exports`); the
   prior of a tiled input still comes from the checkpoint's eager model, window by window.
-* `auto` (the default): every candidate this machine supports is timed and the fastest one that
+* `auto` (the default): every candidate this machine supports (eager fp32, eager bf16/fp16 where the
+  device has fast units, TorchScript, ONNX Runtime) is timed and the fastest one that
   stays within 45 dB of fp32 is kept (`service.runtime.autotune`), the choice cached per machine
   and model. An explicit `DIFFIR_PRECISION` limits the candidates to that precision.
 
@@ -142,15 +143,13 @@ def auto_candidates(checkpoint: Path, spec: TaskSettings, settings: Settings, de
     for precision in low:
         build = partial(_torch, checkpoint, spec, device, precision)
         found.append(Candidate(f"torch-{precision}", "torch", precision, build))
-    if want in (None, "fp32") and not _export_too_slow_for_startup(checkpoint):
-        found.append(
-            Candidate(
-                "onnxruntime-fp32",
-                "onnxruntime",
-                "fp32",
-                partial(_exported, checkpoint, spec, "onnxruntime", settings, device, AUTO_EXPORT_TIMEOUT_S),
-            )
-        )
+    if want in (None, "fp32"):
+        # TorchScript: a trace of seconds even for the smooth pre-fill, and it beats eager where the graph has
+        # many small ops (the pre-fill's solver: 1.1-1.2x for `inpaint` on an AVX2 CPU, bench/results/speed-default.md)
+        exporters = ["torchscript"] + ([] if _export_too_slow_for_startup(checkpoint) else ["onnxruntime"])
+        for backend in exporters:
+            build = partial(_exported, checkpoint, spec, backend, settings, device, AUTO_EXPORT_TIMEOUT_S)
+            found.append(Candidate(f"{backend}-fp32", backend, "fp32", build))
     if want not in (None, "fp32"):  # the reference still runs (it judges the others) but cannot win
         found[0] = Candidate("torch-fp32", "torch", "fp32", found[0].build, eligible=False)
     return found
