@@ -63,7 +63,8 @@ class CPEN(nn.Module):
         """Sum over the core `box` = (top, left, bottom, right) of the trunk's features (B, C), float32.
 
         The trunk is a stack of 3x3 convolutions, so the window read with a `halo`-wide margin and
-        cropped back to its core gives the features the whole image would have there."""
+        cropped back to its core gives the features the whole image would have there; the cores'
+        sums over the pixel count are the exact global average pool (`models.diffir.WindowedPrior`)."""
         top, left, bottom, right = box
         h, w = x.shape[-2:]
         t0, l0 = max(top - halo, 0), max(left - halo, 0)
@@ -74,20 +75,6 @@ class CPEN(nn.Module):
     def head(self, pooled: torch.Tensor) -> torch.Tensor:
         """The MLP on the globally pooled trunk features."""
         return self.mlp(pooled)
-
-    def forward_windowed(self, x: torch.Tensor, window: int) -> torch.Tensor:
-        """`forward` with the trunk run on overlapping `window`-edge windows: the same vector (up to
-        float summation order) without ever holding the whole image's feature maps.
-
-        The trunk is a stack of 3x3 convolutions followed by a global average pool, so windows with
-        a halo wider than its receptive field, cropped back and summed, give the exact pooled mean.
-        """
-        h, w = x.shape[-2:]
-        if h * w <= window * window:
-            return self(x)
-        halo = self.halo()
-        total = sum(self.window_sum(x, box, halo) for box in window_boxes(h, w, window))
-        return self.head((total / (h * w)).to(x.dtype))
 
 
 def window_boxes(h: int, w: int, window: int) -> list[tuple[int, int, int, int]]:

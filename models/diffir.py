@@ -73,7 +73,7 @@ class DiffIRS2(nn.Module):
 
     def prior_windowed(self, lq: torch.Tensor, noise: torch.Tensor, window: int) -> torch.Tensor:
         """`prior` in bounded memory for very large inputs: CPEN's trunk runs on `window`-edge
-        windows (at CPEN resolution); exact up to float summation order (`CPEN.forward_windowed`)."""
+        windows (at CPEN resolution); exact up to float summation order (`WindowedPrior`)."""
         run = WindowedPrior(self, lq, noise, window)
         while run.step():
             pass
@@ -132,7 +132,7 @@ class WindowedPrior:
     """The IPR of one (large) input computed one CPEN window per `step()`, so that a server can run
     other work between the windows: the prior of a big image is otherwise one long, unsplittable
     computation (in the shipped models CPEN costs 0.5-0.9x the DIRformer per pixel). Same result as
-    `DiffIRS2.prior` up to float summation order (see `CPEN.forward_windowed`).
+    `DiffIRS2.prior` up to float summation order (see `CPEN.window_sum`).
     """
 
     def __init__(self, net: DiffIRS2, lq: torch.Tensor, noise: torch.Tensor, window: int) -> None:

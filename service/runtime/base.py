@@ -8,6 +8,7 @@ and the image code never care where the model runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -88,13 +89,11 @@ class ExportedPrior:
     checkpoint's eager model (`windowed`), large priors run exactly, window by window, instead."""
 
     windowed: Any = None
+    prior: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # the exported `prior` graph, from the backend
 
     @property
     def exact_large_prior(self) -> bool:
         return self.windowed is not None
-
-    def prior(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
 
     def prior_run(self, lq: torch.Tensor, noise: torch.Tensor, tile_edge: int) -> PriorRun:
         if self.windowed is not None:

@@ -148,10 +148,13 @@ def test_sigterm_past_the_drain_answers_503_not_500(checkpoints) -> None:
             t.start()
         deadline = time.monotonic() + 60
         depth = 0.0
-        while time.monotonic() < deadline:  # a backlog longer than the drain
+        while time.monotonic() < deadline:  # a backlog longer than the drain, every request accepted
             text = httpx.get(f"{srv.url}/metrics").text
             depth = next((float(x.split()[-1]) for x in text.splitlines() if x.startswith("diffir_queue_depth")), 0)
-            if depth >= 6:
+            answered = sum(r is not None for r in results)
+            # queued + answered + the one in the model: a request still connecting on a busy CPU when the
+            # signal lands is refused by the closed socket, which says nothing about the drain
+            if depth >= 6 and depth + answered + 1 >= n:
                 break
             time.sleep(0.02)
         assert depth >= 6
