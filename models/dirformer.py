@@ -8,7 +8,15 @@ from torch import nn
 
 from models.config import ModelConfig
 from models.inpainting import smooth_fill
-from models.layers import Downsample, TransformerBlock, Upsample, conv_nhwc, nchw_to_nhwc, nhwc_to_nchw
+from models.layers import (
+    Downsample,
+    TransformerBlock,
+    Upsample,
+    conv_nhwc,
+    conv_pixel_shuffle_nhwc,
+    nchw_to_nhwc,
+    nhwc_to_nchw,
+)
 
 
 class PatchEmbed(nn.Module):
@@ -102,11 +110,8 @@ class DIRformer(nn.Module):
         feat = self.refinement(d1, ipr)
         if cfg.kind == "deblur":
             return (nhwc_to_nchw(conv_nhwc(feat, self.output)) + lq).contiguous()
-        up1, up2 = self.tail[0][0], self.tail[0][2]
-        y = nhwc_to_nchw(feat)
-        y = F.pixel_shuffle(F.conv2d(y, up1.weight, up1.bias, padding=1), 2)
-        y = F.pixel_shuffle(F.conv2d(y, up2.weight, up2.bias, padding=1), 2)
-        y = F.conv2d(y, self.tail[1].weight, self.tail[1].bias, padding=1)
+        y = conv_pixel_shuffle_nhwc(conv_pixel_shuffle_nhwc(feat, self.tail[0][0]), self.tail[0][2])
+        y = F.conv2d(nhwc_to_nchw(y), self.tail[1].weight, self.tail[1].bias, padding=1)
         # Nearest-neighbour upsampling by an integer factor replicates each LQ pixel s x s times.
         base = lq if cfg.scale == 1 else F.interpolate(lq, scale_factor=cfg.scale, mode="nearest")
         return (y + base).contiguous()

@@ -138,3 +138,34 @@ def test_channel_layer_norm_matches_the_reference_formula(kind):
     gain, offset = norm.modulation(scale, shift)
     fused = norm.normalize(x) * gain[:, None, None] + offset[:, None, None]
     assert torch.allclose(fused, expected * scale[:, None, None] + shift[:, None, None], atol=1e-5)
+
+
+@pytest.mark.parametrize("factor, bias", [(2, True), (2, False), (3, True)])
+def test_conv_pixel_shuffle_nhwc_is_conv_then_pixel_shuffle(factor, bias):
+    """The channel-reordered conv + row shuffle equals `pixel_shuffle(conv(x))` exactly, NHWC out."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from models.layers import conv_pixel_shuffle_nhwc, nchw_to_nhwc, nhwc_to_nchw
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(5, 7 * factor * factor, 3, padding=1, bias=bias)
+    x = torch.randn(2, 9, 11, 5)
+    expected = nchw_to_nhwc(F.pixel_shuffle(conv(nhwc_to_nchw(x)), factor))
+    got = conv_pixel_shuffle_nhwc(x, conv, factor)
+    assert got.shape == (2, 9 * factor, 11 * factor, 7) and got.is_contiguous()
+    assert torch.allclose(got, expected, atol=1e-6, rtol=0)
+
+
+def test_bias_free_norm_keeps_a_float16_outlier_finite():
+    """A pixel whose deviation squares past float16's 65504 (300² = 9e4) still normalises: the squares are
+    summed in float32, so the variance (300²/8 ≈ 1.1e4) fits and the output is the float32 one."""
+    from models.layers import ChannelLayerNorm
+
+    norm = ChannelLayerNorm(8, "bias_free")
+    x = torch.zeros(1, 1, 1, 8)
+    x[..., 0] = 300.0
+    want = norm.normalize(x)
+    got = norm.normalize(x.half())
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got.float(), want, rtol=2e-3, atol=0)
