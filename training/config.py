@@ -101,6 +101,9 @@ class TrainConfig:
     # losses
     weight_known: float = 1.0
     weight_missing: float = 1.0
+    pixel_loss: str = "l1"
+    """Non-inpainting tasks: "l1" or "l2" (mean squared error) between output and ground truth. L1 trains
+    faster from far away; a short L2 phase at the end optimises what PSNR measures (the mean error)."""
     hole_loss: str = "l1"
     """Inpainting: "l1" or "l2" inside the hole. L2's minimiser is the conditional mean, the PSNR-optimal
     guess where a hole is ambiguous; L1's is the median, sharper but further from it on average."""
@@ -303,6 +306,8 @@ def config_from_args(args: argparse.Namespace, stage: int) -> TrainConfig:
         if "patches" in layer and "phase_fracs" not in layer:  # new patch sizes, no shares given: equal
             layer = layer | {"phase_fracs": ()}
         cfg = apply_overrides(cfg, layer, source)
+    if cfg.pixel_loss not in PIXEL_LOSSES:
+        raise ValueError(f"pixel_loss {cfg.pixel_loss!r}: expected one of {', '.join(PIXEL_LOSSES)}")
     if cfg.hole_loss not in HOLE_LOSSES:
         raise ValueError(f"hole_loss {cfg.hole_loss!r}: expected one of {', '.join(HOLE_LOSSES)}")
     if cfg.precision not in PRECISIONS:
@@ -315,6 +320,7 @@ def config_from_args(args: argparse.Namespace, stage: int) -> TrainConfig:
 
 
 HOLE_LOSSES = ("l1", "l2")
+PIXEL_LOSSES = ("l1", "l2")
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 

@@ -20,6 +20,11 @@ def l1(out: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return (out - gt).abs().mean()
 
 
+def l2(out: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Mean squared error: its minimiser is the conditional mean, the PSNR-optimal output."""
+    return (out - gt).square().mean()
+
+
 def masked_l1(
     out: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, weight_known: float, weight_missing: float
 ) -> torch.Tensor:

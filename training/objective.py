@@ -34,7 +34,7 @@ class ImageObjective:
             masked = losses.masked_l1_l2 if self.cfg.hole_loss == "l2" else losses.masked_l1
             rec = masked(out, gt, batch["mask"], self.cfg.weight_known, self.cfg.weight_missing)
         else:
-            rec = losses.l1(out, gt)
+            rec = (losses.l2 if self.cfg.pixel_loss == "l2" else losses.l1)(out, gt)
         loss, logs = rec, {"rec": rec.item()}
         if self.percep is not None:
             p = self.percep(out, gt)

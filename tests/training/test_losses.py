@@ -40,3 +40,17 @@ def test_known_pixels_keep_l1_and_weights_apply_per_region():
     out.grad = None
     losses.masked_l1(out, torch.zeros_like(out), mask, 0.0, 1.0).backward()
     assert g2 == pytest.approx(out.grad[0, 0, 0, 0].item())
+
+
+@pytest.mark.parametrize("pixel_loss, expected", [("l1", 0.2), ("l2", 0.04)])
+def test_pixel_loss_choice_is_what_the_objective_minimises(pixel_loss, expected):
+    """SR/deblur: `pixel_loss` selects mean |error| or mean squared error (0.2 everywhere -> 0.2 or 0.04)."""
+    from models.tasks import get_task
+    from training.config import TrainConfig
+    from training.objective import ImageObjective
+
+    cfg = TrainConfig(task="sr-x4", pixel_loss=pixel_loss)
+    objective = ImageObjective(cfg, get_task("sr-x4").config, torch.device("cpu"))
+    out, gt = torch.full((2, 3, 8, 8), 0.7), torch.full((2, 3, 8, 8), 0.5)
+    loss, logs = objective.generator_loss(out, {"gt": gt})
+    assert loss.item() == pytest.approx(expected, rel=1e-5) and logs["rec"] == pytest.approx(expected, rel=1e-5)

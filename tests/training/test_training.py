@@ -150,6 +150,9 @@ def test_cli_defaults_and_strict_keys(tmp_path):
     assert _parse(["--task", "inpaint", "--hole-loss", "l2"]).hole_loss == "l2"
     with pytest.raises(ValueError, match="hole_loss"):
         _parse(["--task", "inpaint", "--hole-loss", "l3"])
+    assert _parse(["--task", "sr-x4", "--pixel-loss", "l2"]).pixel_loss == "l2"
+    with pytest.raises(ValueError, match="pixel_loss"):
+        _parse(["--task", "sr-x4", "--pixel-loss", "huber"])
 
 
 def test_stage2_without_stage1_checkpoint_is_a_clear_error(tmp_path, image_dir):
