@@ -42,7 +42,8 @@ def test_sr_x4_beats_bicubic_on_set5_baby():
     gt = mod_crop(read_image(list_images([SHARED_DATA / "val" / "Set5"])[0]), 4)[:, :256, :256]
     lq = bicubic_down(gt, 4)
     out = restore(_net("sr-x4"), Case("Set5", "baby", lq, gt), seed=0)
-    assert psnr(out, gt, 4, True) > psnr(bicubic_up(lq, 4), gt, 4, True) + 0.3
+    # +1.29 dB measured on this crop (31.90 vs 30.61); the whole-set numbers are in the committed evaluation
+    assert psnr(out, gt, 4, True) > psnr(bicubic_up(lq, 4), gt, 4, True) + 1.0
 
 
 def test_deblur_beats_the_blurred_input_on_kodim01():
@@ -101,8 +102,7 @@ def test_shipped_outputs_are_deterministic(task):
 # --- the model cards' evaluation tables: the committed results of one evaluation run -------------------
 EVAL_DIR = Path(__file__).resolve().parents[2] / "models" / "weights" / "eval"
 # The protocols each committed evaluation ran, in the order of its results (sr-x4: both, "ours" first).
-EVAL_PROTOCOLS = {"deblur": ("all",), "inpaint": ("ours",)}
-# sr-x4 joins when its evaluation is committed (its card's table still comes from an uncommitted run).
+EVAL_PROTOCOLS = {"deblur": ("all",), "inpaint": ("ours",), "sr-x4": ("ours", "standard")}
 
 
 def _committed(task: str) -> dict:
