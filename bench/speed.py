@@ -17,6 +17,8 @@ import logging
 import math
 import os
 import statistics
+import subprocess
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -231,13 +233,23 @@ def _db(value: Any) -> str:
     return "exact" if value in ("inf", math.inf) else f"{float(value):.1f} dB"
 
 
+def _commit() -> str:
+    """The short commit hash of the code measured (with "+changes" when the tree differs from it)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def _md(report: dict[str, Any]) -> str:
     meta = report["meta"]
     peak = meta["peak_gflops"]
     lines = [
         "# Speed of the default path",
         "",
-        f"Measured {meta['date']} by `make bench` (`python -m bench.speed`), {meta['threads']} threads, on "
+        f"Measured {meta['date']} by `{meta['command']}` at commit {meta['commit']}, {meta['threads']} threads, on "
         f"{meta['machine']['cpu']} ({meta['machine']['cores']} cores, ISA: {', '.join(meta['machine']['isa'])}), "
         f"torch {meta['torch']}, onnxruntime {meta['onnxruntime']}. Matmul peak measured here: "
         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peak.items())
@@ -344,6 +356,8 @@ def main(argv=None) -> int:
         "loadavg_before": before,
         "loadavg_after": os.getloadavg(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": " ".join(["python -m bench.speed", *(sys.argv[1:] if argv is None else argv)]),
+        "commit": _commit(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed-default.json").write_text(json.dumps(_jsonable(report), indent=2, default=str) + "\n")
