@@ -67,18 +67,14 @@ def psnr(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def _candidates(checkpoint: Path, cache: Path, threads: int, torchscript: bool = True):
-    """What auto times on this machine, plus (optionally) TorchScript for comparison."""
-    from service.runtime.autotune import Candidate
-    from service.runtime.loader import _exported, auto_candidates
+    """What the service's `auto` times on this machine (`--skip-torchscript` leaves TorchScript out)."""
+    from service.runtime.loader import auto_candidates
     from service.settings import Settings, TaskSettings
 
     settings = Settings(backend="auto", cache_dir=cache, torch_threads=threads)
     spec = TaskSettings(checkpoint=checkpoint)
-    cpu = torch.device("cpu")
-    found = auto_candidates(checkpoint, spec, settings, cpu)
-    ts = partial(_exported, checkpoint, spec, "torchscript", settings, cpu)
-    extra = [Candidate("torchscript-fp32", "torchscript", "fp32", ts)] if torchscript else []
-    return [*found, *extra], settings
+    found = auto_candidates(checkpoint, spec, settings, torch.device("cpu"))
+    return [c for c in found if torchscript or c.backend != "torchscript"], settings
 
 
 def bench_task(
@@ -139,8 +135,7 @@ def bench_task(
                 row["speedup_vs_fp32_eager_median"], row["psnr_vs_fp32_db"],
             )  # fmt: skip
     del backends
-    auto_cands = [c for c in candidates if c.label != "torchscript-fp32"]
-    _, tuning = tune(auto_cands, tuning_input(net.config, settings.autotune_size))
+    _, tuning = tune(candidates, tuning_input(net.config, settings.autotune_size))
     return {"rows": rows, "auto": tuning.as_dict()}
 
 
