@@ -138,9 +138,10 @@ def normalize_over_space(t: torch.Tensor) -> torch.Tensor:
     """
     eps = max(L2_EPS, torch.finfo(t.dtype).tiny)
     # sqrt(sum of squares) instead of `linalg.vector_norm`, which is ~4x slower on CPU over the
-    # strided pixel axis of a q/k slice.
-    norm = _widened(t).square().sum(dim=1, keepdim=True).sqrt()
-    return t * norm.clamp_min(eps).reciprocal().to(t.dtype)
+    # strided pixel axis of a q/k slice. The floor goes under the root (the same value as flooring
+    # the norm) so that an all-zero channel back-propagates 0, not 0 / sqrt(0) = NaN.
+    norm = _widened(t).square().sum(dim=1, keepdim=True).clamp_min(eps * eps).sqrt()
+    return t * norm.reciprocal().to(t.dtype)
 
 
 class DMTA(nn.Module):

@@ -169,3 +169,18 @@ def test_bias_free_norm_keeps_a_float16_outlier_finite():
     got = norm.normalize(x.half())
     assert torch.isfinite(got).all()
     assert torch.allclose(got.float(), want, rtol=2e-3, atol=0)
+
+
+def test_an_all_zero_attention_channel_stays_zero_with_a_finite_gradient():
+    """q/k channels are divided by their norm over the pixels; a channel that is 0 everywhere must give 0
+    (not 0/0) and back-propagate a finite gradient (a floored sqrt(0) gives NaN in training)."""
+    from models.layers import normalize_over_space
+
+    t = torch.randn(2, 10, 4)
+    t[:, :, 1] = 0
+    t.requires_grad_(True)
+    out = normalize_over_space(t)
+    assert torch.equal(out[:, :, 1], torch.zeros(2, 10))
+    assert torch.allclose(out[:, :, 0].norm(dim=1), torch.ones(2), atol=1e-6)
+    out.sum().backward()
+    assert torch.isfinite(t.grad).all()
