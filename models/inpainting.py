@@ -124,18 +124,14 @@ def _relax(
     A fixed number of iterations from `u`: converges in O(width) iterations where Jacobi needs
     O(width^2), and is fixed-shape tensor work that exports like a convolution.
 
-    Every CG vector is zero outside the hole, so run eagerly it works on each sample's hole
-    bounding box (plus `HOLE_MARGIN`) only: the same solve, at the cost of the hole rather than of
-    the image (a 512² photo with a scratch: a few percent of the work); rounding differs at the
-    1e-4 level after 100 iterations. Per sample, so that an image's fill does not depend on the
-    holes of the others in its batch. A traced graph keeps the whole batch and image, as a crop
-    computed from one example's mask would be frozen into it.
+    Every CG vector is zero outside the hole, so run eagerly it works on the hole's bounding box
+    (plus `HOLE_MARGIN`) only: the same solve, at the cost of the hole rather than of the image
+    (a 512² photo with a scratch: a few percent of the work); rounding differs at the 1e-4 level
+    after 100 iterations. A traced graph keeps the whole image, as a crop computed from one
+    example's mask would be frozen into it.
     """
     if torch.jit.is_tracing():
         return _conjugate_gradients(u, hole, op, iterations)
-    if u.shape[0] > 1:
-        holes = hole if hole.shape[0] == u.shape[0] else hole.expand(u.shape[0], *hole.shape[1:])
-        return torch.cat([_relax(u[i : i + 1], holes[i : i + 1], op, iterations) for i in range(u.shape[0])])
     box = _hole_box(hole, HOLE_MARGIN)
     if box is None:
         return u  # nothing to fill: every step would add 0
@@ -158,7 +154,13 @@ def smooth_fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     relaxed towards the biharmonic interpolant (what scikit-image's inpaint_biharmonic solves) at
     full resolution. Only fixed-size tensor ops, so it traces and exports with dynamic H, W like
     the rest of the network.
+
+    Run eagerly, a batch is filled one image at a time: each solve then crops to its own hole
+    (`_relax`), so an image's fill does not depend on the holes of the others in its batch.
     """
+    if image.shape[0] > 1 and not torch.jit.is_tracing():
+        masks = mask if mask.shape[0] == image.shape[0] else mask.expand(image.shape[0], *mask.shape[1:])
+        return torch.cat([smooth_fill(image[i : i + 1], masks[i : i + 1]) for i in range(image.shape[0])])
     out_dtype = image.dtype
     # Always in (at least) float32: CG sums of squares over a whole level and their quotients do
     # not fit float16, whatever precision the rest of the network runs in.
