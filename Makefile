@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(PY) -m bench.speed --out bench/results
 	$(PY) -m bench.service_bench --out bench/results
 	$(PY) -m bench.train_speed --out bench/results
+	$(PY) -m bench.inpaint_fill --out bench/results
 
 serve: $(SERVE_STAMP)
 	$(PY) -m service --host $(HOST) --port $(PORT)

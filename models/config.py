@@ -64,6 +64,9 @@ class ModelConfig:
     """Inpainting only: what the DIRformer sees inside the hole. "zero" is the official LaMa input;
     "smooth" (our small presets) pre-fills the hole with `inpainting.smooth_fill` and adds that
     fill back as a global residual, so the network learns a correction of a smooth guess."""
+    fill_biharmonic_iterations: int = 100
+    """"smooth" only: conjugate-gradient steps of the fill's final biharmonic relaxation. Part of the
+    model: the network is trained on the fill this gives (checkpoints that predate it used 100)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("deblur", "inpaint", "sr"):
@@ -76,6 +79,8 @@ class ModelConfig:
             raise ValueError(f"unknown hole_fill {self.hole_fill!r}")
         if self.hole_fill != "zero" and self.kind != "inpaint":
             raise ValueError("hole_fill applies to inpainting models only")
+        if self.fill_biharmonic_iterations < 0:
+            raise ValueError(f"fill_biharmonic_iterations must be >= 0, got {self.fill_biharmonic_iterations}")
         if self.kind == "inpaint" and self.dirformer.num_refinement_blocks:
             raise ValueError("the inpainting DIRformer has no refinement stage")
         for width, heads in zip(self.level_widths, self.dirformer.heads):

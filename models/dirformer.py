@@ -92,7 +92,7 @@ class DIRformer(nn.Module):
         cfg = self.config
         if cfg.hole_fill == "smooth":
             mask = lq[:, 3:4]
-            lq = torch.cat([smooth_fill(lq[:, :3], mask), mask], dim=1)
+            lq = torch.cat([smooth_fill(lq[:, :3], mask, cfg.fill_biharmonic_iterations), mask], dim=1)
         x = F.pixel_unshuffle(lq, cfg.lq_unshuffle) if cfg.lq_unshuffle > 1 else lq
         x = nchw_to_nhwc(x.contiguous(memory_format=torch.channels_last))
         e1 = self.encoder_level1(conv_nhwc(x, self.patch_embed.proj), ipr)

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from models.config import ModelConfig
+
 
 def binarize_mask(mask: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     """The official predictor treats any non-zero mask value as hole: `mask > 0`."""
@@ -37,7 +39,7 @@ def composite(image: torch.Tensor, mask: torch.Tensor, prediction: torch.Tensor)
 # issue-4 inpainting set: 23.37 -> 23.73 dB).
 FILL_LEVELS = 8
 FILL_ITERATIONS = (48, 48, 48, 48, 48, 32, 16, 8, 4)
-FILL_BIHARMONIC_ITERATIONS = 100
+FILL_BIHARMONIC_ITERATIONS = ModelConfig.fill_biharmonic_iterations
 
 
 # Floors of the divisions below. They are meant for float32 (where the fill always runs): 1e-12
@@ -144,7 +146,9 @@ def _relax(
     return out
 
 
-def smooth_fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def smooth_fill(
+    image: torch.Tensor, mask: torch.Tensor, biharmonic_iterations: int = FILL_BIHARMONIC_ITERATIONS
+) -> torch.Tensor:
     """Fill the hole (mask 1) with a smooth membrane from its border, known pixels unchanged.
 
     Why: a small network trained briefly on a CPU learns to *refine* a plausible fill far sooner
@@ -157,10 +161,15 @@ def smooth_fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
     Run eagerly, a batch is filled one image at a time: each solve then crops to its own hole
     (`_relax`), so an image's fill does not depend on the holes of the others in its batch.
+
+    `biharmonic_iterations` is part of a model's definition (`ModelConfig.fill_biharmonic_iterations`):
+    a network learns a correction of one particular fill.
     """
     if image.shape[0] > 1 and not torch.jit.is_tracing():
         masks = mask if mask.shape[0] == image.shape[0] else mask.expand(image.shape[0], *mask.shape[1:])
-        return torch.cat([smooth_fill(image[i : i + 1], masks[i : i + 1]) for i in range(image.shape[0])])
+        return torch.cat(
+            [smooth_fill(image[i : i + 1], masks[i : i + 1], biharmonic_iterations) for i in range(image.shape[0])]
+        )
     out_dtype = image.dtype
     # Always in (at least) float32: CG sums of squares over a whole level and their quotients do
     # not fit float16, whatever precision the rest of the network runs in.
@@ -181,5 +190,5 @@ def smooth_fill(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             up = up[..., : v.shape[-2], : v.shape[-1]]
             f = full * (v / w.clamp_min(weight_eps)) + (1 - full) * up
         f = _relax(f, 1 - full, _negative_laplacian, FILL_ITERATIONS[level])
-    f = _relax(f, mask, _bilaplacian, FILL_BIHARMONIC_ITERATIONS)
+    f = _relax(f, mask, _bilaplacian, biharmonic_iterations)
     return (known * image + mask * f).to(out_dtype)

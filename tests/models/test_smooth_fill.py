@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -121,3 +123,37 @@ def test_fill_of_an_image_does_not_depend_on_its_batch():
 def test_empty_hole_returns_the_image():
     img = torch.rand(1, 3, 32, 32)
     assert torch.equal(smooth_fill(img, torch.zeros(1, 1, 32, 32)), img)
+
+
+def test_the_network_fills_with_its_configured_biharmonic_steps(tmp_path):
+    """The step count is part of the model: the DIRformer fills with `fill_biharmonic_iterations`, a
+    checkpoint keeps it, and one written before the field existed loads with the 100 it was trained on."""
+    import json
+
+    from models import load_model, save_checkpoint
+    from models.checkpoint import sidecar_path
+
+    cfg = replace(get_preset("inpaint-fill-small"), fill_biharmonic_iterations=7)
+    net = DiffIRS2(cfg).eval()
+    with torch.no_grad():
+        net.G.output.weight.zero_()  # the network returns its fill
+    g = torch.Generator().manual_seed(2)
+    img = torch.rand(1, 3, 48, 64, generator=g)
+    mask = _hole(48, 64, (10, 40, 8, 50))
+    x = torch.cat([img * (1 - mask), mask], 1)
+    with torch.no_grad():
+        out = net(x, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(out, smooth_fill(img * (1 - mask), mask, 7), atol=1e-6)
+    assert (out - smooth_fill(img * (1 - mask), mask)).abs().max() > 1e-3  # 7 steps is not the default 100
+
+    path = save_checkpoint(net, tmp_path / "fill7")
+    assert load_model(path).config.fill_biharmonic_iterations == 7
+    meta = json.loads(sidecar_path(path).read_text())
+    del meta["config"]["fill_biharmonic_iterations"]
+    sidecar_path(path).write_text(json.dumps(meta))
+    assert load_model(path).config.fill_biharmonic_iterations == 100
+
+
+def test_negative_biharmonic_steps_are_refused():
+    with pytest.raises(ValueError, match="fill_biharmonic_iterations"):
+        replace(get_preset("inpaint-fill-small"), fill_biharmonic_iterations=-1)
