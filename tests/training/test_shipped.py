@@ -42,7 +42,7 @@ def test_sr_x4_beats_bicubic_on_set5_baby():
     gt = mod_crop(read_image(list_images([SHARED_DATA / "val" / "Set5"])[0]), 4)[:, :256, :256]
     lq = bicubic_down(gt, 4)
     out = restore(_net("sr-x4"), Case("Set5", "baby", lq, gt), seed=0)
-    # +1.29 dB measured on this crop (31.90 vs 30.61); the whole-set numbers are in the committed evaluation
+    # +1.22 dB measured on this crop (31.83 vs 30.61); the whole-set numbers are in the committed evaluation
     assert psnr(out, gt, 4, True) > psnr(bicubic_up(lq, 4), gt, 4, True) + 1.0
 
 
