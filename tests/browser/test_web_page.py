@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, urlparse
 import numpy as np
 import pytest
 from PIL import Image
+from playwright.sync_api import expect
 
 from tests.browser.support import MAX_INPUT_PIXELS, MAX_OUTPUT_PIXELS, Server, make_image, sent_form
 
@@ -283,18 +284,21 @@ def test_client_side_limits_use_the_servers_numbers(open_page, server: Server, i
     sent = []
     page.on("request", lambda r: sent.append(r.url) if "/restore/" in r.url else None)
     side = int(MAX_INPUT_PIXELS**0.5) + 8  # over the input pixel cap
+    restore = page.get_by_role("button", name="Restore")
     choose(page, "deblur", image_file(side, side, "huge.png"))
-    assert page.get_by_role("button", name="Restore").is_disabled()
-    assert "at most" in page.inner_text("#image-info")
+    # expect() waits: the page reads a chosen file asynchronously, and `choose` returns as soon as the
+    # info line has any text, which for the second file below is still the first file's
+    expect(page.locator("#image-info")).to_contain_text("at most")
+    expect(restore).to_be_disabled()
     page.screenshot(path=shots / "08-limit-refused.png", full_page=True)
 
     # fine for deblur, but its 4x output is over the output cap
     side = int((MAX_OUTPUT_PIXELS / 16) ** 0.5) + 4
     choose(page, "deblur", image_file(side, side, "medium.png"))
-    assert page.get_by_role("button", name="Restore").is_enabled()
+    expect(restore).to_be_enabled()
     page.get_by_label("Task").select_option("sr-x4")
-    assert page.get_by_role("button", name="Restore").is_disabled()
-    assert "output" in page.inner_text("#image-info")
+    expect(page.locator("#image-info")).to_contain_text("output")
+    expect(restore).to_be_disabled()
     assert not sent, "nothing the server would refuse should be uploaded"
 
 
