@@ -62,18 +62,23 @@ def test_all_hole_image_gives_zeros_not_nan():
     assert torch.isfinite(out).all() and out.abs().max() == 0
 
 
-def test_fill_is_added_back_as_the_global_residual():
-    """With the output convolution zeroed the network returns exactly the smooth fill."""
-    net = DiffIRS2(get_preset("inpaint-fill-small")).eval()
+def _fill_only(net: DiffIRS2, seed: int, h: int, w: int, box: tuple[int, int, int, int]):
+    """`net` with its output convolution zeroed (so it returns its fill) run on a random image with a
+    box hole; returns (output, holed image, mask)."""
     with torch.no_grad():
         net.G.output.weight.zero_()
-    g = torch.Generator().manual_seed(1)
-    img = torch.rand(1, 3, 64, 64, generator=g)
-    mask = _hole(64, 64, (8, 30, 12, 60))
-    x = torch.cat([img * (1 - mask), mask], 1)
+    img = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(seed))
+    mask = _hole(h, w, box)
+    holed = img * (1 - mask)
     with torch.no_grad():
-        out = net(x, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(out, smooth_fill(img * (1 - mask), mask), atol=1e-6)
+        out = net(torch.cat([holed, mask], 1), generator=torch.Generator().manual_seed(0))
+    return out, holed, mask
+
+
+def test_fill_is_added_back_as_the_global_residual():
+    """With the output convolution zeroed the network returns exactly the smooth fill."""
+    out, holed, mask = _fill_only(DiffIRS2(get_preset("inpaint-fill-small")).eval(), 1, 64, 64, (8, 30, 12, 60))
+    assert torch.allclose(out, smooth_fill(holed, mask), atol=1e-6)
 
 
 def test_official_inpainting_input_is_unchanged_by_default():
@@ -133,18 +138,10 @@ def test_the_network_fills_with_its_configured_biharmonic_steps(tmp_path):
     from models import load_model, save_checkpoint
     from models.checkpoint import sidecar_path
 
-    cfg = replace(get_preset("inpaint-fill-small"), fill_biharmonic_iterations=7)
-    net = DiffIRS2(cfg).eval()
-    with torch.no_grad():
-        net.G.output.weight.zero_()  # the network returns its fill
-    g = torch.Generator().manual_seed(2)
-    img = torch.rand(1, 3, 48, 64, generator=g)
-    mask = _hole(48, 64, (10, 40, 8, 50))
-    x = torch.cat([img * (1 - mask), mask], 1)
-    with torch.no_grad():
-        out = net(x, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(out, smooth_fill(img * (1 - mask), mask, 7), atol=1e-6)
-    assert (out - smooth_fill(img * (1 - mask), mask)).abs().max() > 1e-3  # 7 steps is not the default 100
+    net = DiffIRS2(replace(get_preset("inpaint-fill-small"), fill_biharmonic_iterations=7)).eval()
+    out, holed, mask = _fill_only(net, 2, 48, 64, (10, 40, 8, 50))
+    assert torch.allclose(out, smooth_fill(holed, mask, 7), atol=1e-6)
+    assert (out - smooth_fill(holed, mask)).abs().max() > 1e-3  # 7 steps is not the default 100
 
     path = save_checkpoint(net, tmp_path / "fill7")
     assert load_model(path).config.fill_biharmonic_iterations == 7
