@@ -43,6 +43,10 @@ class TrainConfig:
     model_ffn: float = 0.0
     model_cpen_blocks: int = -1
     model_cpen_feats: int = 0
+    model_fill_iterations: int = -1
+    """Inpainting presets with the `smooth` hole pre-fill: biharmonic conjugate-gradient steps of the
+    fill the network is trained on (`ModelConfig.fill_biharmonic_iterations`); -1 keeps the preset's,
+    or the continued checkpoint's. A continuation that changes it teaches the network a new fill."""
     # data
     data: tuple[str, ...] = ()
     """Folders of clean images (unpaired mode)."""
@@ -174,7 +178,15 @@ class TrainConfig:
             n_feats=self.model_cpen_feats or c.n_feats,
         )
         changed = (g, c) != (base.dirformer, base.cpen)
-        return dataclasses.replace(base, dirformer=g, cpen=c, name=f"{base.name}-custom" if changed else base.name)
+        return self.with_fill(
+            dataclasses.replace(base, dirformer=g, cpen=c, name=f"{base.name}-custom" if changed else base.name)
+        )
+
+    def with_fill(self, config: ModelConfig) -> ModelConfig:
+        """`config` with `model_fill_iterations` applied (unchanged when it is -1)."""
+        if self.model_fill_iterations < 0:
+            return config
+        return dataclasses.replace(config, fill_biharmonic_iterations=self.model_fill_iterations)
 
     def degradation_id(self) -> str:
         return self.degradation or get_task(self.task).degradation

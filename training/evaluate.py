@@ -40,7 +40,7 @@ import torch
 from models import load_model
 from models.checkpoint import sha256_file
 from models.diffir import DiffIRS2
-from models.inpainting import composite, smooth_fill
+from models.inpainting import FILL_BIHARMONIC_ITERATIONS, composite, smooth_fill
 from models.tasks import get_task
 from training.degradations import (
     SHARED_DATA,
@@ -233,7 +233,9 @@ def biharmonic(img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out).permute(2, 0, 1).float().clamp(0, 1)
 
 
-def baselines(kind: str, scale: int, protocol: str = "ours") -> dict[str, Callable[[Case], torch.Tensor]]:
+def baselines(
+    kind: str, scale: int, protocol: str = "ours", fill_iterations: int = FILL_BIHARMONIC_ITERATIONS
+) -> dict[str, Callable[[Case], torch.Tensor]]:
     if kind == "sr" and protocol == "standard":
         return {"bicubic": lambda c: imresize(c.lq, scale, quantize_8bit=False).clamp(0, 1)}
     if kind == "sr":
@@ -244,8 +246,8 @@ def baselines(kind: str, scale: int, protocol: str = "ours") -> dict[str, Callab
         "telea": lambda c: telea(c.lq, c.mask),
         "biharmonic": lambda c: biharmonic(c.lq, c.mask),
         # Not a bar: what the `smooth` hole pre-fill of our inpainting presets gives alone, so the
-        # table shows what the network adds on top of it.
-        "pre-fill alone": lambda c: smooth_fill(c.lq[None], c.mask[None])[0].clamp(0, 1),
+        # table shows what the network adds on top of it (`fill_iterations`: the evaluated model's).
+        "pre-fill alone": lambda c: smooth_fill(c.lq[None], c.mask[None], fill_iterations)[0].clamp(0, 1),
     }
 
 
@@ -272,7 +274,8 @@ def evaluate(
 ) -> dict:
     border = scale if kind == "sr" else 0
     y = kind == "sr"
-    methods = {} if skip_baselines else baselines(kind, scale, protocol)
+    fill = net.config.fill_biharmonic_iterations if net is not None else FILL_BIHARMONIC_ITERATIONS
+    methods = {} if skip_baselines else baselines(kind, scale, protocol, fill)
     rows = []
     for case in cases:
         outputs: dict[str, torch.Tensor] = {}

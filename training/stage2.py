@@ -34,7 +34,9 @@ class Stage2Step(nn.Module):
         self.device = device
         self.diff_weight = cfg.diff_weight
         if not cfg.teacher:
-            self.net = load_model(cfg.init_student, device=device).train().requires_grad_(True)
+            shipped = load_model(cfg.init_student)
+            self.net = load_model(cfg.init_student, cfg.with_fill(shipped.config), device=device)
+            self.net.train().requires_grad_(True)
             object.__setattr__(self, "teacher", None)
             self.objective = ImageObjective(cfg, self.net.config, device)
             object.__setattr__(self, "disc", self.objective.disc)
@@ -44,9 +46,10 @@ class Stage2Step(nn.Module):
             raise FileNotFoundError(f"stage 2 needs a stage-1 checkpoint: {init} (pass --init or run stage1 first)")
         teacher = load_stage1_model(init, device=device).requires_grad_(False).eval()
         torch.manual_seed(cfg.seed)
-        self.net = DiffIRS2(teacher.config).to(device).train()
+        config = cfg.with_fill(teacher.config)
+        self.net = DiffIRS2(config).to(device).train()
         if cfg.init_student:
-            student = load_model(cfg.init_student, teacher.config, device=device)
+            student = load_model(cfg.init_student, config, device=device)
             self.net.load_state_dict(student.state_dict())
         else:
             self.net.G.load_state_dict(teacher.G.state_dict())

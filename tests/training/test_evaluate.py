@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from models.inpainting import smooth_fill
 from training.evaluate import Case, baselines, face_masks
 from training.evaluate import main as evaluate_main
 from training.metrics import psnr, ssim
@@ -108,3 +109,16 @@ def test_inpainting_baselines_include_the_pre_fill_alone():
     fill = methods["pre-fill alone"](case)
     assert torch.equal(fill * (1 - m), gt * (1 - m))
     assert psnr(fill, gt) > psnr(case.lq, gt) + 20
+
+
+def test_pre_fill_baseline_is_the_evaluated_models_fill():
+    """A model trained on a longer biharmonic solve is compared with that fill, not the default one."""
+    g = torch.Generator().manual_seed(3)
+    gt = torch.rand(3, 40, 40, generator=g)
+    m = torch.zeros(1, 40, 40)
+    m[:, 8:32, 12:30] = 1
+    case = Case("synthetic", "noise", gt * (1 - m), gt, m)
+    short = baselines("inpaint", 1, fill_iterations=0)["pre-fill alone"](case)
+    long = baselines("inpaint", 1, fill_iterations=300)["pre-fill alone"](case)
+    assert torch.equal(long, smooth_fill(case.lq[None], m[None], 300)[0].clamp(0, 1))
+    assert (long - short).abs().max() > 1e-3

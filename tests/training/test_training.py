@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -173,3 +174,20 @@ def test_every_recipe_in_the_repository_parses(path):
     assert cfg.teacher or cfg.init_student
     assert cfg.steps > 0 and cfg.task in ("deblur", "sr-x4", "inpaint")
     assert all(Path(d).name == "train" for d in cfg.data)  # issue 4: training data is ../shared/data/train only
+
+
+def test_a_continuation_can_teach_an_inpainting_network_a_new_pre_fill(tmp_path, image_dir):
+    """`model_fill_iterations` sets the pre-fill a fresh inpainting model uses, and a teacher-free
+    continuation of a shipped one trains (and saves) the same weights behind the new fill."""
+    fresh = tiny_config(tmp_path, image_dir, task="inpaint")
+    assert fresh.model_config().fill_biharmonic_iterations == 100
+    assert dataclasses.replace(fresh, model_fill_iterations=7).model_config().fill_biharmonic_iterations == 7
+    run_stage(tiny_config(tmp_path / "base", image_dir, task="inpaint", steps=1))
+    student = run_stage(tiny_config(tmp_path / "base", image_dir, task="inpaint", steps=1, stage=2))
+    cont = tiny_config(tmp_path / "cont", image_dir, task="inpaint", steps=2, stage=2, teacher=False,
+                       init_student=str(student), model_fill_iterations=7, ema=0.0, lr=1e-3)  # fmt: skip
+    before, after = load_model(student), load_model(run_stage(cont))
+    assert before.config.fill_biharmonic_iterations == 100
+    assert after.config.fill_biharmonic_iterations == 7
+    assert after.config == dataclasses.replace(before.config, fill_biharmonic_iterations=7)
+    assert any(not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values()))
