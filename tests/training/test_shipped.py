@@ -73,8 +73,8 @@ def test_deblur_does_not_damage_a_mildly_shaken_photo():
 
 
 def test_inpaint_beats_opencv_telea_on_the_first_faces():
-    """The first three faces of the protocol (one image alone is within 0.1 dB of Telea). The model
-    does NOT beat scikit-image biharmonic yet (issue-4 bar, models/weights/inpaint.md)."""
+    """The first three faces of the protocol (one image alone is within 0.1 dB of Telea). Against
+    scikit-image's biharmonic the model is level on the whole set only (models/weights/inpaint.md)."""
     net = _net("inpaint")
     faces = list_images([SHARED_DATA / "tasks" / "inpaint" / "faces" / "celebahq256"])[:3]
     ours, classic = [], []
