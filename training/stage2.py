@@ -34,8 +34,9 @@ class Stage2Step(nn.Module):
         self.device = device
         self.diff_weight = cfg.diff_weight
         if not cfg.teacher:
-            shipped = load_model(cfg.init_student)
-            self.net = load_model(cfg.init_student, cfg.with_fill(shipped.config), device=device)
+            self.net = load_model(cfg.init_student, device=device)
+            if cfg.with_fill(self.net.config) != self.net.config:  # same weights behind another pre-fill
+                self.net = load_model(cfg.init_student, cfg.with_fill(self.net.config), device=device)
             self.net.train().requires_grad_(True)
             object.__setattr__(self, "teacher", None)
             self.objective = ImageObjective(cfg, self.net.config, device)
