@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.speed import _commit
+from bench.speed import _commit, _jsonable
 from service.engine import Engine, EngineLimits, Job
 from service.runtime.torch_backend import TorchBackend
 from service.settings import Settings
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     backend = TorchBackend(args.checkpoint, None, torch.device("cpu"), args.precision)
-    if backend.info.scale != 1 or backend.info.needs_mask:
+    if backend.net.config.kind != "deblur":
         raise SystemExit("bench.tile_size measures a deblurring checkpoint")
     rows = quality(backend, args.tiles, args.data)
     times = speed(backend, args.tiles, large_input(args.data, args.side), args.reps)
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"tile_size-{args.precision}"
-    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{name}.json").write_text(json.dumps(_jsonable(result), indent=2) + "\n")
     text = markdown(result)
     (args.out / f"{name}.md").write_text(text)
     print(text, end="")
