@@ -1,20 +1,22 @@
 """What the tile edge costs and buys: quality and speed of the service's tiled restoration per tile size.
 
-`python -m bench.tile_size CHECKPOINT [--tiles 256 384 512] [--precision fp32] [--reps 3] [--threads 2]
-[--data ../shared/data] [--out bench/results]`.
+`python -m bench.tile_size CHECKPOINT [--tiles 256 384 512] [--precision fp32] [--reps 3] [--side 2048]
+[--threads 2] [--data ../shared/data] [--out bench/results]`; CHECKPOINT is a deblurring or an inpainting one.
 
 Large inputs are restored tile by tile under one whole-image IPR (`service.tiling`). A tile pools the
 channel attention's statistics over less of the image, so a smaller tile could restore worse, while on
 a CPU it runs faster per pixel (its activations stay in cache). Both sides, measured through the
 service's own `Engine` with its default overlap:
 
-- quality: the deblurring evaluation's whole-image cases (Kodak24 + Levin kernels, GoPro), each
-  restored untiled and with every tile edge (tiling forced on); mean PSNR against the ground truth and
-  the mean PSNR of each tiled output against the untiled one;
-- speed: one 2048x2048 input (a GoPro frame resized), every tile edge timed in ONE process, alternating
-  per repetition so background load hits them alike; min and median.
+- quality: the evaluation's whole images, each restored untiled and with every tile edge (tiling
+  forced on); mean PSNR against the ground truth and of each tiled output against the untiled one.
+  Deblurring: Kodak24 + Levin kernels and GoPro. Inpainting: the Places2 photos with their holes
+  (the 256² faces fit in one tile, where tiled and untiled are the same pass), where a tile sees only
+  part of a hole's context;
+- speed (deblurring): one `--side`² input (a GoPro frame resized), every tile edge timed in ONE
+  process, alternating per repetition so background load hits them alike; min and median.
 
-Results: `<out>/tile_size.json` and `.md`.
+Results: `<out>/tile_size-<task>-<precision>.json` and `.md`.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from bench.speed import _commit, _jsonable
 from service.engine import Engine, EngineLimits, Job
 from service.runtime.torch_backend import TorchBackend
 from service.settings import Settings
-from training.evaluate import deblur_cases
+from training.evaluate import Case, deblur_cases, inpaint_cases
 from training.metrics import psnr
 
 log = logging.getLogger("bench.tile_size")
@@ -56,15 +58,25 @@ def engine_for(backend: TorchBackend, tile: int) -> Engine:
     return Engine("bench", backend, limits)
 
 
-def restore(engine: Engine, image: torch.Tensor) -> torch.Tensor:
-    return engine.run_batch([Job(image=image[None] if image.dim() == 3 else image, mask=None, seed=0)])[0][0]
+def batched(x: torch.Tensor | None) -> torch.Tensor | None:
+    return x[None] if x is not None and x.dim() == 3 else x
+
+
+def restore(engine: Engine, image: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    return engine.run_batch([Job(image=batched(image), mask=batched(mask), seed=0)])[0][0]  # type: ignore[arg-type]
+
+
+def cases(kind: str, data: Path) -> list[Case]:
+    if kind == "deblur":
+        return list(deblur_cases(data))
+    return [c for c in inpaint_cases(data) if c.set_name == "places2"]
 
 
 def quality(backend: TorchBackend, tiles: list[int], data: Path) -> list[dict]:
     engines = {t: engine_for(backend, t) for t in [UNTILED, *tiles]}
     rows = []
-    for case in deblur_cases(data):
-        out = {t: restore(e, case.lq) for t, e in engines.items()}
+    for case in cases(backend.net.config.kind, data):
+        out = {t: restore(e, case.lq, case.mask) for t, e in engines.items()}
         row = {"set": case.set_name, "name": case.name, "size": list(case.gt.shape[-2:])}
         row.update({f"psnr_{t}": psnr(o, case.gt) for t, o in out.items()})
         row.update({f"vs_untiled_{t}": psnr(out[t], out[UNTILED]) for t in tiles})
@@ -100,43 +112,50 @@ def summarise(rows: list[dict], tiles: list[int], times: dict[int, list[float]])
             entry["gain_vs_untiled"] = entry["psnr"] - table[0]["psnr"]
             entry["worst_gain_vs_untiled"] = min(r[f"psnr_{t}"] - r[f"psnr_{UNTILED}"] for r in rows)
             entry["psnr_vs_untiled_output"] = statistics.mean(r[f"vs_untiled_{t}"] for r in rows)
-            entry["min_s"], entry["median_s"] = min(times[t]), statistics.median(times[t])
+            if times:
+                entry["min_s"], entry["median_s"] = min(times[t]), statistics.median(times[t])
         table.append(entry)
     return table
 
 
+SETS = {"deblur": "the deblurring evaluation (Kodak24 + Levin, GoPro)", "inpaint": "Places2 with their holes"}
+
+
 def markdown(result: dict) -> str:
-    side = result["speed_side"]
+    side, timed = result["speed_side"], bool(result["times"])
+    speed_text = ""
+    if timed:
+        speed_text = f" Speed: one {side}x{side} input, min / median of {result['reps']}, all edges in one process."
     lines = [
-        "# Tile edge: quality and speed of tiled restoration",
+        f"# Tile edge: quality{' and speed' if timed else ''} of tiled {result['task']}",
         "",
         f"`{result['command']}` at commit `{result['commit']}`; {result['precision']}, {result['threads']} threads,"
-        f" overlap {result['overlap']} px. Quality: {result['images']} whole images of the deblurring evaluation"
-        " (Kodak24 + Levin, GoPro), tiling forced on. Speed: one "
-        f"{side}x{side} input, min / median of {result['reps']}, all edges in one process.",
+        f" overlap {result['overlap']} px. Quality: {result['images']} whole images of {SETS[result['task']]},"
+        f" tiling forced on.{speed_text}",
         "",
         "| tile | PSNR (dB) | vs untiled, mean / worst (dB) | PSNR to the untiled output (dB) |"
-        f" {side}² min s | {side}² median s |",
-        "|---|---|---|---|---|---|",
+        + (f" {side}² min s | {side}² median s |" if timed else ""),
+        "|---|---|---|---|" + ("---|---|" if timed else ""),
     ]
     for e in result["table"]:
         if e["tile"] == UNTILED:
-            lines.append(f"| untiled | {e['psnr']:.2f} | | | | |")
-        else:
-            lines.append(
-                f"| {e['tile']} | {e['psnr']:.2f} | {e['gain_vs_untiled']:+.3f} / {e['worst_gain_vs_untiled']:+.3f}"
-                f" | {e['psnr_vs_untiled_output']:.1f} | {e['min_s']:.2f} | {e['median_s']:.2f} |"
-            )
+            lines.append(f"| untiled | {e['psnr']:.2f} | | |" + (" | |" if timed else ""))
+            continue
+        line = (
+            f"| {e['tile']} | {e['psnr']:.2f} | {e['gain_vs_untiled']:+.3f} / {e['worst_gain_vs_untiled']:+.3f}"
+            f" | {e['psnr_vs_untiled_output']:.1f} |"
+        )
+        lines.append(line + (f" {e['min_s']:.2f} | {e['median_s']:.2f} |" if timed else ""))
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.tile_size", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="a deblurring checkpoint")
+    parser.add_argument("checkpoint", type=Path, help="a deblurring or an inpainting checkpoint")
     parser.add_argument("--tiles", type=int, nargs="+", default=[256, 384, 512])
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--side", type=int, default=2048, help="edge of the timed input")
+    parser.add_argument("--side", type=int, default=2048, help="edge of the timed deblurring input; 0: no timing")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
@@ -144,14 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     backend = TorchBackend(args.checkpoint, None, torch.device("cpu"), args.precision)
-    if backend.net.config.kind != "deblur":
-        raise SystemExit("bench.tile_size measures a deblurring checkpoint")
+    task = backend.net.config.kind
+    if task not in SETS:
+        raise SystemExit(f"bench.tile_size measures a deblurring or an inpainting checkpoint, not {task}")
     rows = quality(backend, args.tiles, args.data)
-    times = speed(backend, args.tiles, large_input(args.data, args.side), args.reps)
+    timed = task == "deblur" and args.side > 0
+    times = speed(backend, args.tiles, large_input(args.data, args.side), args.reps) if timed else {}
     shown = sys.argv[1:] if argv is None else argv
     result = {
         "command": " ".join(["python -m bench.tile_size", *map(str, shown)]),
         "commit": _commit(),
+        "task": task,
         "precision": args.precision,
         "threads": args.threads,
         "overlap": Settings().tile_overlap,
@@ -164,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "times": {str(t): v for t, v in times.items()},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"tile_size-{args.precision}"
+    name = f"tile_size-{task}-{args.precision}"
     (args.out / f"{name}.json").write_text(json.dumps(_jsonable(result), indent=2) + "\n")
     text = markdown(result)
     (args.out / f"{name}.md").write_text(text)

@@ -1,4 +1,4 @@
-"""`python -m bench.tile_size`: tiled deblurring per tile edge, quality against the untiled pass and speed."""
+"""`python -m bench.tile_size`: tiled restoration per tile edge, quality against the untiled pass and speed."""
 
 from __future__ import annotations
 
@@ -30,13 +30,22 @@ def _photo(path, h: int, w: int, seed: int) -> None:
 
 
 def _data(root):
-    """The layout `training.evaluate.deblur_cases` reads: Kodak24, Levin kernels, GoPro pairs."""
+    """The layout `training.evaluate` reads: Kodak24, Levin kernels, GoPro pairs; hole masks, faces, Places2."""
     _photo(root / "val" / "Kodak24" / "kodim01.png", 80, 96, 1)
     kernels = root / "tasks" / "deblur" / "kernels"
     kernels.mkdir(parents=True)
     np.save(kernels / "k1.npy", np.ones((3, 5)) / 15)
     _photo(root / "tasks" / "deblur" / "gopro" / "A_blur1.png", 72, 88, 2)
     _photo(root / "tasks" / "deblur" / "gopro" / "A_sharp1.png", 72, 88, 3)
+    inpaint = root / "tasks" / "inpaint"
+    for name in ("masks", "faces/celebahq256", "faces/ffhq256"):
+        (inpaint / name).mkdir(parents=True)
+    hole = np.zeros((256, 256), np.uint8)
+    hole[100:140, 90:180] = 255
+    Image.fromarray(hole).save(inpaint / "masks" / "hole.png")
+    _photo(inpaint / "faces" / "ffhq256" / "face.png", 256, 256, 4)  # not a Places2 image: left out
+    _photo(inpaint / "places2" / "A_raw.png", 80, 96, 5)
+    Image.fromarray(hole[90:170, 80:176]).save(inpaint / "places2" / "A_mask.png")  # a hole across tile borders
     return root
 
 
@@ -45,7 +54,7 @@ def test_every_edge_is_measured_and_a_tile_covering_the_image_is_the_untiled_pas
     data, out = _data(tmp_path / "data"), tmp_path / "out"
     args = ["--tiles", "32", "128", "--reps", "2", "--side", "64", "--threads", "1", "--data", str(data)]
     assert main([ckpt, *args, "--out", str(out)]) == 0
-    result = json.loads((out / "tile_size-fp32.json").read_text())
+    result = json.loads((out / "tile_size-deblur-fp32.json").read_text())
     assert [e["tile"] for e in result["table"]] == [0, 32, 128]
     assert result["images"] == 2 and [r["set"] for r in result["rows"]] == ["Kodak24", "GoPro"]
     small, whole = result["table"][1], result["table"][2]
@@ -57,11 +66,23 @@ def test_every_edge_is_measured_and_a_tile_covering_the_image_is_the_untiled_pas
     gains = [r["psnr_32"] - r["psnr_0"] for r in result["rows"]]
     assert small["gain_vs_untiled"] == pytest.approx(np.mean(gains)) and small["worst_gain_vs_untiled"] == min(gains)
     assert all(0 < e["min_s"] <= e["median_s"] for e in result["table"][1:])
-    table = (out / "tile_size-fp32.md").read_text()
+    table = (out / "tile_size-deblur-fp32.md").read_text()
     assert "| untiled |" in table and "| 32 |" in table and "64² min s" in table
+
+
+def test_inpainting_is_measured_on_places2_with_its_holes_and_not_timed(tmp_path):
+    ckpt = _checkpoint(tmp_path, "inpaint", hole_fill="smooth", fill_biharmonic_iterations=0)
+    data, out = _data(tmp_path / "data"), tmp_path / "out"
+    assert main([ckpt, "--tiles", "32", "--threads", "1", "--data", str(data), "--out", str(out)]) == 0
+    result = json.loads((out / "tile_size-inpaint-fp32.json").read_text())
+    assert [(r["set"], r["name"]) for r in result["rows"]] == [("places2", "A")]
+    assert np.isfinite(result["rows"][0]["vs_untiled_32"]) and result["times"] == {}
+    assert "min_s" not in result["table"][1]
+    table = (out / "tile_size-inpaint-fp32.md").read_text()
+    assert "Places2" in table and "min s" not in table and "| 32 |" in table
 
 
 def test_refuses_a_checkpoint_of_another_task(tmp_path):
     ckpt = _checkpoint(tmp_path, "sr", scale=4)
-    with pytest.raises(SystemExit, match="deblurring checkpoint"):
+    with pytest.raises(SystemExit, match="deblurring or an inpainting checkpoint"):
         main([ckpt, "--data", str(tmp_path), "--out", str(tmp_path)])
