@@ -47,6 +47,8 @@ bench: $(STAMP)
 	$(PY) -m bench.service_bench --out bench/results
 	$(PY) -m bench.train_speed --out bench/results
 	$(PY) -m bench.inpaint_fill --out bench/results
+	$(PY) -m bench.tile_size models/weights/deblur.safetensors --out bench/results
+	$(PY) -m bench.tile_size models/weights/inpaint.safetensors --out bench/results
 
 serve: $(SERVE_STAMP)
 	$(PY) -m service --host $(HOST) --port $(PORT)

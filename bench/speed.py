@@ -317,7 +317,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--official-side", type=int, default=256, help="0 skips the official preset")
     parser.add_argument("--large-side", type=int, default=2048, help="a tiled deblur of this size (0 skips it)")
-    parser.add_argument("--tiles", default="256,512,768", help="tile edges to time the large deblur with")
+    parser.add_argument("--tiles", default="256,384,512", help="tile edges to time the large deblur with")
     parser.add_argument("--skip-torchscript", action="store_true", help="leave TorchScript out (slow to trace)")
     parser.add_argument("--cache", type=Path, help="cache folder for exports (default: the service's)")
     args = parser.parse_args(argv)
