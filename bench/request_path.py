@@ -5,8 +5,8 @@
 Against a real `python -m service` (`service.devserver.LiveServer`) serving `deblur` with the shipped
 weights (random weights of the same architecture when they are missing: same cost):
 
-* **fairness**: one 2048² deblur (tiled, 512² tiles) while four clients send 64² requests one after
-  another; their latency percentiles against one tile's time plus their own time alone;
+* **fairness**: one 2048² deblur (tiled at the default `DIFFIR_TILE_SIZE`) while four clients send 64²
+  requests one after another; their latency percentiles against one tile's time plus their own time alone;
 * **abandoned tiled job**: a 2048² request whose client closes the socket after a few tiles; how many
   tiles still run and how long until the device is free, against one tile's time;
 * **scan bombs**: four ~2 MB progressive JPEG scan bombs at once plus a 32² request, with the default

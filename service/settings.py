@@ -35,7 +35,7 @@ Every setting (environment variable, default, meaning):
 | `DIFFIR_MAX_BODY_BYTES` | `33554432` | request body cap in bytes (32 MiB); 413 `body_too_large` |
 | `DIFFIR_MAX_INPUT_PIXELS` | `16777216` | input pixel cap (4096²), checked from the header; 413 `too_many_pixels` |
 | `DIFFIR_MAX_OUTPUT_PIXELS` | `16777216` | output pixel cap (e.g. 1024² × 4 for `sr-x4`); 413 `output_too_large` |
-| `DIFFIR_TILE_SIZE` | `384` | tile edge (input pixels) for large images (2048² deblur on 2 CPU cores: 1.5–1.7× faster than 512, within 0.02 dB of untiled; `bench/results/tile_size-*.md`) |
+| `DIFFIR_TILE_SIZE` | `384` | tile edge (input pixels) for large images (`bench/results/tile_size-*.md`) |
 | `DIFFIR_TILE_OVERLAP` | `32` | overlap between neighbouring tiles (input pixels), blended with a linear feather |
 | `DIFFIR_TILE_THRESHOLD_PIXELS` | `1048576` | larger inputs are restored in tiles (one global IPR) |
 | `DIFFIR_PRIOR_MAX_PIXELS` | `4194304` | a bare `artifact` (no checkpoint): larger tiled inputs get a downscaled IPR |
