@@ -87,8 +87,7 @@ def quality(backend: TorchBackend, tiles: list[int], data: Path) -> list[dict]:
 
 def large_input(data: Path, side: int) -> torch.Tensor:
     case = next(c for c in deblur_cases(data) if c.set_name == "GoPro")
-    lq = case.lq[None] if case.lq.dim() == 3 else case.lq
-    return F.interpolate(lq, size=(side, side), mode="bicubic", align_corners=False).clamp(0, 1)
+    return F.interpolate(batched(case.lq), size=(side, side), mode="bicubic", align_corners=False).clamp(0, 1)
 
 
 def speed(backend: TorchBackend, tiles: list[int], image: torch.Tensor, reps: int) -> dict[int, list[float]]:
