@@ -72,10 +72,10 @@ def cases(kind: str, data: Path) -> list[Case]:
     return [c for c in inpaint_cases(data) if c.set_name == "places2"]
 
 
-def quality(backend: TorchBackend, tiles: list[int], data: Path) -> list[dict]:
+def quality(backend: TorchBackend, tiles: list[int], measured: list[Case]) -> list[dict]:
     engines = {t: engine_for(backend, t) for t in [UNTILED, *tiles]}
     rows = []
-    for case in cases(backend.net.config.kind, data):
+    for case in measured:
         out = {t: restore(e, case.lq, case.mask) for t, e in engines.items()}
         row = {"set": case.set_name, "name": case.name, "size": list(case.gt.shape[-2:])}
         row.update({f"psnr_{t}": psnr(o, case.gt) for t, o in out.items()})
@@ -85,8 +85,8 @@ def quality(backend: TorchBackend, tiles: list[int], data: Path) -> list[dict]:
     return rows
 
 
-def large_input(data: Path, side: int) -> torch.Tensor:
-    case = next(c for c in deblur_cases(data) if c.set_name == "GoPro")
+def large_input(measured: list[Case], side: int) -> torch.Tensor:
+    case = next(c for c in measured if c.set_name == "GoPro")
     return F.interpolate(batched(case.lq), size=(side, side), mode="bicubic", align_corners=False).clamp(0, 1)
 
 
@@ -165,9 +165,10 @@ def main(argv: list[str] | None = None) -> int:
     task = backend.net.config.kind
     if task not in SETS:
         raise SystemExit(f"bench.tile_size measures a deblurring or an inpainting checkpoint, not {task}")
-    rows = quality(backend, args.tiles, args.data)
+    measured = cases(task, args.data)
+    rows = quality(backend, args.tiles, measured)
     timed = task == "deblur" and args.side > 0
-    times = speed(backend, args.tiles, large_input(args.data, args.side), args.reps) if timed else {}
+    times = speed(backend, args.tiles, large_input(measured, args.side), args.reps) if timed else {}
     shown = sys.argv[1:] if argv is None else argv
     result = {
         "command": " ".join(["python -m bench.tile_size", *map(str, shown)]),
