@@ -38,7 +38,8 @@ from models import load_model
 from models.diffir import DiffIRS2
 from models.inpainting import composite, smooth_fill
 from models.tasks import get_task
-from training.evaluate import SHARED_DATA, Case, biharmonic, folder_cases, inpaint_cases, restore
+from training.data import DATA_ROOT
+from training.evaluate import Case, biharmonic, folder_cases, inpaint_cases, restore
 from training.metrics import all_metrics
 
 log = logging.getLogger("bench.inpaint_fill")
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         "--network-at", type=int, nargs="+", help="step counts to run the network at (default: the fill it learned)"
     )
     parser.add_argument("--checkpoint", default="", help="inpainting checkpoint (default: the shipped one)")
-    parser.add_argument("--data-root", default=str(SHARED_DATA))
+    parser.add_argument("--data-root", default=str(DATA_ROOT))
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--limit", type=int, default=0, help="first N images of each set (0: all)")
     args = parser.parse_args(argv)

@@ -4,7 +4,7 @@ Used only as the like-for-like baseline of `bench/speed.py`: same weights, same 
 op sequence and memory layout of the upstream implementation (NCHW everywhere; LayerNorm on a
 strided (B, HW, C) view, with mean/var reduced across the stride-HW axis; modulation, q/k
 L2-normalisation, attention and projections as separate ops). Written from the reference
-description (shared/reference/diffir-architecture.md), not copied from upstream code.
+description of the official code (commit 293f86c), not copied from upstream code.
 """
 
 from __future__ import annotations

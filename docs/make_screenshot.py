@@ -3,9 +3,9 @@
 The input is Kodak's kodim23 (the Kodak Lossless True Color Image Suite, released by the Eastman Kodak
 Company for unrestricted usage), cropped and downscaled 4x with bicubic resampling; the page compares the
 model's output with the same input upscaled by bicubic. Needs `make serve`'s environment plus Playwright
-and Debian's Chromium (`make setup system-deps`), and ../shared/data beside the repository:
+and Debian's Chromium (`make setup system-deps`), and Kodak24 in data/ (`make data`):
 
-    .venv/bin/python docs/make_screenshot.py [--photo ../shared/data/val/Kodak24/kodim23.png]
+    .venv/bin/python docs/make_screenshot.py [--photo data/val/Kodak24/kodim23.png]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def small_input(photo: Path, folder: Path) -> Path:
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photo", type=Path, default=ROOT.parent / "shared/data/val/Kodak24/kodim23.png")
+    parser.add_argument("--photo", type=Path, default=ROOT / "data/val/Kodak24/kodim23.png")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System packages the test suite needs (Debian): a real Prometheus for the monitoring test and
+# System packages some tests need (Debian/Ubuntu, with sudo when not root): `make system-deps`, never `make test`
+# itself; without them those tests skip and name what is missing. CI (.ci/run) installs them: a real Prometheus for the monitoring test and
 # headless Chromium for the browser tests, nginx for the reverse-proxy timeout test. Idempotent; does nothing when all are present.
 set -euo pipefail
 need=()
@@ -10,6 +11,11 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 [ -x /usr/bin/chromedriver ] || need+=(chromium-driver)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "system-deps: no apt-get (this script installs Debian packages); install these yourself:" \
+        "$(printf '%s\n' "${need[@]}" | sort -u | tr '\n' ' ')(tests that need them skip without)" >&2
+    exit 1
+fi
 if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq

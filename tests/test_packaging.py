@@ -36,12 +36,16 @@ def run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 # --- the client without torch ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def client_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A fresh virtualenv with only the built wheel and its core dependencies (resolved from PyPI by uv)."""
+    """A fresh virtualenv with only the built wheel and its core dependencies (resolved from PyPI by uv).
+
+    The wheel is built from the sdist, as from a fresh clone: a checkout's leftover `build/` folder would
+    otherwise carry files into it that a clone's `pip install .` never sees."""
     uv = Path(sys.executable).with_name("uv")
     root = tmp_path_factory.mktemp("client")
-    built = run([str(uv), "build", "--wheel", "--out-dir", str(root / "dist"), "--quiet", str(ROOT)])
+    built = run([str(uv), "build", "--out-dir", str(root / "dist"), "--quiet", str(ROOT)])
     assert built.returncode == 0, built.stderr
     (wheel,) = (root / "dist").glob("diffir_serve-*.whl")
+    assert wheel.stat().st_size < 1_000_000, f"the client wheel is {wheel.stat().st_size} bytes: weights in it?"
     venv = root / "venv"
     made = run([str(uv), "venv", "--quiet", "--python", sys.executable, str(venv)])
     assert made.returncode == 0, made.stderr
@@ -55,7 +59,7 @@ def remote_server():
     """A real HTTP server in this process (identity models: the point is the client, not the network)."""
     import uvicorn
 
-    from service.app import create_app
+    from service.http.app import create_app
     from tests.service.conftest import identity_backends
     from tests.service.test_server import free_port
 
@@ -110,6 +114,43 @@ def test_client_and_its_cli_install_and_run_without_torch(client_venv: Path, rem
     assert serve.returncode == 1 and "diffir-serve[serve]" in serve.stderr
 
 
+def _installed_commands(venv: Path) -> list[str]:
+    py = str(venv / "bin" / "python")
+    listed = run(
+        [py, "-c", "from importlib import metadata as m; print(*m.entry_points(group='console_scripts').names)"]
+    )
+    return sorted(n for n in listed.stdout.split() if n.startswith("diffir-"))
+
+
+def test_the_client_install_is_only_a_client_and_every_command_answers(client_venv: Path, tmp_path) -> None:
+    """No torch and no weights; every installed command's --help exits 0; what needs an extra says which, in one
+    line (never a traceback)."""
+    assert not list(client_venv.rglob("*.safetensors")), "the client install carries model weights"
+    assert not list(client_venv.rglob("torch/__init__.py"))
+    commands = _installed_commands(client_venv)
+    assert commands == ["diffir-restore", "diffir-serve", "diffir-train"]
+    bin_ = client_venv / "bin"
+    for argv in [[c, "--help"] for c in commands] + [
+        ["diffir-serve", "restore", "--help"],
+        ["diffir-train", "data", "--help"],
+    ]:
+        done = run([str(bin_ / argv[0]), *argv[1:]])
+        assert done.returncode == 0 and "usage" in done.stdout.lower(), (argv, done.stdout, done.stderr)
+    (tmp_path / "in.png").write_bytes(b"not needed: the command stops before reading it")
+    needs = {
+        ("diffir-serve",): "serve",
+        ("diffir-serve", "prepare", "--out", str(tmp_path / "p")): "serve",
+        ("diffir-restore", "deblur", str(tmp_path / "in.png"), "-o", str(tmp_path / "out")): "serve",
+        ("diffir-train", "stage1", "--help"): "train",
+        ("diffir-train", "evaluate", "--task", "deblur"): "train",
+    }
+    for argv, extra in needs.items():
+        done = run([str(bin_ / argv[0]), *argv[1:]])
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode != 0 and len(lines) == 1, (argv, done.stderr)
+        assert f"pip install 'diffir-serve[{extra}]'" in lines[0] and "Traceback" not in done.stderr, (argv, lines)
+
+
 # --- metadata -----------------------------------------------------------------------------------------
 def test_torch_is_never_a_core_dependency() -> None:
     assert not [r for r in PROJECT["dependencies"] if Requirement(r).name in ("torch", "numpy", "pillow")]
@@ -156,7 +197,8 @@ def test_python_floor_is_the_version_ci_runs() -> None:
 
 COMMANDS = [
     ["-m", "training", "--help"],
-    *[["-m", "training", c, "--help"] for c in ("stage1", "stage2", "evaluate", "probe", "export")],
+    *[["-m", "training", c, "--help"] for c in ("stage1", "stage2", "evaluate", "probe", "export", "data")],
+    ["-m", "training.data", "fetch", "--help"],
     ["-m", "service", "--help"],
     ["-m", "service", "restore", "--help"],
 ]
@@ -241,7 +283,10 @@ def test_images_install_their_own_lock() -> None:
     assert "--require-hashes --no-deps -r docker/requirements-train.txt" in cuda
     for text in (cpu, cuda):
         assert "TORCH_VERSION=2.13.0" in text and "pip check" in text
-        assert "package-data does not list" not in text and "copytree" not in text
+        assert "package-data does not list" not in text
+        # Package data reaches the images through the wheel; the one copy is the shipped weights, which no
+        # wheel carries (`pip install .` is the client alone) and which go next to the installed `models`.
+        assert set(re.findall(r"copytree\('([^']+)'", text)) == {"models/weights"}
         assert "pip uninstall" not in text
     assert Marker("python_version >= '3.11'").evaluate(IMAGE_PLATFORM)
 

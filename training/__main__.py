@@ -1,4 +1,8 @@
-"""`python -m training stage1|stage2|evaluate|probe|export ...` (see `--help` of each)."""
+"""`python -m training stage1|stage2|evaluate|probe|export|data ...` (see `--help` of each).
+
+`data` (fetching the image sets) needs only the base install; the other commands need the `train` extra,
+and without it say so in one line instead of failing on an import.
+"""
 
 from __future__ import annotations
 
@@ -22,9 +26,18 @@ def _train(stage: int, argv: Sequence[str]) -> int:
     return 0
 
 
+TRAIN_EXTRA_MODULES = ("torch", "numpy", "PIL", "scipy", "cv2", "skimage")
+
+
+def _missing_train_extra() -> list[str]:
+    from importlib.util import find_spec
+
+    return [m for m in TRAIN_EXTRA_MODULES if find_spec(m) is None]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("stage1", "stage2", "evaluate", "probe", "export")
+    commands = ("stage1", "stage2", "evaluate", "probe", "export", "data")
     usage = f"usage: python -m training {{{'|'.join(commands)}}} [options]   (each takes --help)"
     if argv[:1] in (["-h"], ["--help"]):
         print(usage)
@@ -33,6 +46,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(usage, file=sys.stderr)
         return 2
     cmd, rest = argv[0], argv[1:]
+    if cmd == "data":
+        from training.data.__main__ import main as data_main
+
+        return data_main(rest)
+    missing = _missing_train_extra()
+    if missing:
+        print(
+            f"diffir-train {cmd} needs the training extra (missing {', '.join(missing)}): "
+            "pip install 'diffir-serve[train]' (torch first, see the README)",
+            file=sys.stderr,
+        )
+        return 1
     if cmd in ("stage1", "stage2"):
         return _train(int(cmd[-1]), rest)
     if cmd == "evaluate":

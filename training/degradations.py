@@ -15,7 +15,6 @@ Ids (the `degradation` of a `models.tasks.TaskSpec`): "bicubic", "motion-blur", 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,8 +25,8 @@ import torch.nn.functional as F
 
 from models.inpainting import network_input as network_input  # the one definition; re-exported here
 
-SHARED_DATA = Path(os.environ.get("DIFFIR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-KERNEL_DIR = SHARED_DATA / "tasks" / "deblur" / "kernels"
+# The 8 Levin et al. (2009) camera-shake kernels ship with the package (training/kernels/README.md).
+LEVIN_KERNELS = Path(__file__).resolve().parent / "kernels" / "levin09.npz"
 
 
 @dataclass
@@ -110,16 +109,18 @@ def convolve(img: torch.Tensor, kernel: np.ndarray | torch.Tensor) -> torch.Tens
     return F.conv2d(x, weight, groups=c)[0]
 
 
-def load_levin_kernels(directory: str | Path = KERNEL_DIR) -> list[np.ndarray]:
-    """The 8 real camera-shake kernels (Levin et al. 2009), sorted k1..k8, each summing to 1."""
-    files = sorted(Path(directory).glob("*.npy"))
-    if not files:
-        raise FileNotFoundError(f"no kernel .npy files in {directory}")
-    kernels = []
-    for f in files:
-        k = np.load(f, allow_pickle=False).astype(np.float64)
-        kernels.append(k / k.sum())
-    return kernels
+def load_levin_kernels(source: str | Path = LEVIN_KERNELS) -> list[np.ndarray]:
+    """The 8 real camera-shake kernels (Levin et al. 2009), sorted k1..k8, each summing to 1. `source`:
+    an .npz of them, or a folder of one .npy per kernel."""
+    source = Path(source)
+    if source.suffix == ".npz":
+        with np.load(source, allow_pickle=False) as z:
+            arrays = [z[name] for name in sorted(z.files)]
+    else:
+        arrays = [np.load(f, allow_pickle=False) for f in sorted(source.glob("*.npy"))]
+    if not arrays:
+        raise FileNotFoundError(f"no kernels in {source}")
+    return [k.astype(np.float64) / k.astype(np.float64).sum() for k in arrays]
 
 
 def dihedral_np(a: np.ndarray, code: int) -> np.ndarray:
@@ -182,7 +183,7 @@ class MotionBlur:
         p_real: float = 0.3,
         kernel_sizes: tuple[int, int] = (11, 31),
         noise_sigma: tuple[float, float] = (0.0, 3.0 / 255),
-        kernel_dir: str | Path = KERNEL_DIR,
+        kernel_dir: str | Path = LEVIN_KERNELS,
         p_identity: float = 0.0,
         p_mild: float = 0.0,
         mild_sizes: tuple[int, int] = (3, 9),

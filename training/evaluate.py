@@ -42,8 +42,8 @@ from models.checkpoint import sha256_file
 from models.diffir import DiffIRS2
 from models.inpainting import FILL_BIHARMONIC_ITERATIONS, composite, smooth_fill
 from models.tasks import get_task
+from training.data import DATA_ROOT
 from training.degradations import (
-    SHARED_DATA,
     bicubic_down,
     bicubic_up,
     convolve,
@@ -161,7 +161,7 @@ def noharm_verdict(result: dict) -> dict[str, float | bool]:
 
 
 def deblur_cases(root: Path) -> Iterator[Case]:
-    kernels = load_levin_kernels(root / "tasks" / "deblur" / "kernels")
+    kernels = load_levin_kernels()
     for i, p in enumerate(list_images([root / "val" / "Kodak24"])):
         gt = read_image(p)
         yield Case("Kodak24", p.stem, blurred_kodak(gt, i, kernels), gt)
@@ -351,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", required=True, choices=("deblur", "sr-x4", "inpaint"))
     parser.add_argument("--checkpoint", help="stage-2 checkpoint (default: the task's shipped weights)")
-    parser.add_argument("--data-root", default=str(SHARED_DATA), help="the shared data folder (val/, tasks/)")
+    parser.add_argument("--data-root", default=str(DATA_ROOT), help="the data root (`make data` fills it)")
     parser.add_argument("--folder", help="evaluate on clean images degraded with the task's seeded degradation")
     parser.add_argument("--paired", help="evaluate on lq/ + gt/ folders")
     parser.add_argument("--sets", nargs="+", default=list(SR_SETS), help="sr-x4 sets")

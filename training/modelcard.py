@@ -184,7 +184,7 @@ stage 2: CPEN_S2 + denoiser + DIRformer jointly, L1 + L_diff against the frozen 
 
 ## Training
 
-Data: only `../shared/data/train` (T91 + 100 images of BSD200, 191 images), random crops with the
+Data: only `data/train` (T91 + 100 images of BSD200, 191 images, fetched by `make data`), random crops with the
 8 flips/rotations; degradation made on the fly, seeded: {degradation_text}.
 Never trained on `val/` or `tasks/` images.
 

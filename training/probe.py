@@ -28,7 +28,8 @@ import torch
 
 from models import load_model, load_stage1_model
 from models.inpainting import composite
-from training.degradations import SHARED_DATA, load_levin_kernels, network_input
+from training.data import DATA_ROOT
+from training.degradations import load_levin_kernels, network_input
 from training.evaluate import NOHARM_SETS, blurred_kodak, inpaint_cases, noharm_cases, telea
 from training.imageio import list_images, read_image
 from training.metrics import psnr
@@ -36,10 +37,10 @@ from training.metrics import psnr
 Item = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]  # network input, GT, hole mask
 
 
-def probe_set(task: str, root: Path = SHARED_DATA) -> tuple[list[Item], str, float]:
+def probe_set(task: str, root: Path = DATA_ROOT) -> tuple[list[Item], str, float]:
     """The fixed slice, the name of its baseline and the baseline's mean PSNR."""
     if task == "deblur":
-        kernels = load_levin_kernels(root / "tasks" / "deblur" / "kernels")
+        kernels = load_levin_kernels()
         items: list[Item] = []
         for i, path in enumerate(list_images([root / "val" / "Kodak24"])[:8]):
             gt = read_image(path)[:, 128:384, 256:512]
@@ -72,7 +73,7 @@ NOHARM_CROP, NOHARM_IMAGES = 256, 8
 NOHARM_COLUMNS = ("sharp_psnr", "mild_gain", "mild_worst", "levin_gain")
 
 
-def noharm_items(root: Path = SHARED_DATA) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+def noharm_items(root: Path = DATA_ROOT) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """(set, input, clean) for the no-harm probe: sharp, mild shake, and the Levin slice."""
     items = [(c.set_name, c.lq, c.gt) for c in noharm_cases(root, crop=NOHARM_CROP, limit=NOHARM_IMAGES)]
     levin, _, _ = probe_set("deblur", root)
@@ -99,9 +100,11 @@ def noharm_scores(path: Path, items: list[tuple[str, torch.Tensor, torch.Tensor]
     }
 
 
-def probe_noharm(run: Path | None, checkpoint: Path | None, every: int, watch: bool, poll_s: float = 30.0) -> Path:
+def probe_noharm(
+    run: Path | None, checkpoint: Path | None, every: int, watch: bool, poll_s: float = 30.0, root: Path = DATA_ROOT
+) -> Path:
     """Score every stage-2 checkpoint of `run` (or just `checkpoint`) on the no-harm slice."""
-    items = noharm_items()
+    items = noharm_items(root)
     if checkpoint is not None:
         scores = noharm_scores(checkpoint, items)
         out = checkpoint.with_suffix(".noharm.csv")
@@ -152,13 +155,13 @@ def stage2_complete(run: Path) -> bool:
     return prov["step"] >= prov["steps_planned"]
 
 
-def probe(task: str, run: Path, every: int, watch: bool, poll_s: float = 30.0) -> Path:
+def probe(task: str, run: Path, every: int, watch: bool, poll_s: float = 30.0, root: Path = DATA_ROOT) -> Path:
     out = run / "probe.csv"
     done: set[tuple[str, int]] = set()
     if out.is_file():
         with out.open() as f:
             done = {(r["stage"], int(r["step"])) for r in csv.DictReader(f)}
-    items, baseline_name, baseline = probe_set(task)
+    items, baseline_name, baseline = probe_set(task, root)
     if not out.is_file():
         out.write_text(f"stage,step,psnr\nbaseline ({baseline_name}),0,{baseline:.3f}\n")
     while True:
@@ -186,12 +189,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=200, help="score steps that are multiples of this")
     parser.add_argument("--watch", action="store_true", help="keep polling until stage 2 is complete")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="the data root (`make data` fills it)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.task == "deblur-noharm":
-        print(probe_noharm(args.run, args.checkpoint, args.every, args.watch))
+        print(probe_noharm(args.run, args.checkpoint, args.every, args.watch, root=args.data_root))
         return 0
     if args.run is None:
         parser.error("--run is required")
-    print(probe(args.task, args.run, args.every, args.watch))
+    print(probe(args.task, args.run, args.every, args.watch, root=args.data_root))
     return 0

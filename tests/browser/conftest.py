@@ -27,6 +27,7 @@ from tests.browser.support import (
     Server,
     make_image,
 )
+from tests.system_tools import missing
 
 
 def _tiny_checkpoints(folder: Path) -> dict[str, dict[str, str]]:
@@ -80,7 +81,7 @@ def browser():
     """
     sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need the playwright package")
     if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (make system-deps installs it)")
+        missing("chromium", f" at {CHROMIUM}")
     with sync_api.sync_playwright() as pw:
         b = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:

@@ -9,11 +9,9 @@ import onnx
 import pytest
 import torch
 
-from models import DiffIRS2, ModelConfig, config_from_official_kwargs, save_checkpoint
+from models import DiffIRS2, ModelConfig, save_checkpoint
 from models.config import CPENConfig, DIRformerConfig
 from training.export import ExportOptions, export, main
-
-FIXTURES = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "fixtures"
 
 
 def _tiny_checkpoint(tmp_path: Path, kind: str, scale: int = 1, hole_fill: str = "zero") -> Path:
@@ -35,8 +33,9 @@ PARITY = 1e-6
 
 
 def _independent_rel_errors(ckpt: Path, out_dir: Path, names: list[str]) -> dict[str, float]:
-    """Each exported `full` graph run by its own runtime on an input of ours (batch 2, 24x40, not the
-    exporter's check inputs), against eager PyTorch: relative max error, computed here."""
+    """Each exported graph (`full`, `prior` or `restorer`, by its name) run by its own runtime on inputs of ours
+    (batch 2, 24x40, not the exporter's check inputs), against the same computation in eager PyTorch: relative
+    max error, computed here. The restorer gets the eager IPR, so its error is its own."""
     import onnxruntime as ort
 
     from models import load_model
@@ -46,36 +45,60 @@ def _independent_rel_errors(ckpt: Path, out_dir: Path, names: list[str]) -> dict
     lq = torch.rand(2, 4 if net.config.kind == "inpaint" else 3, 24, 40, generator=g)
     noise = torch.randn(2, 256, generator=g)
     with torch.no_grad():
-        expected = net(lq, noise=noise)
+        ipr = net.prior(lq, noise)
+        cases = {
+            "full": ({"lq": lq, "noise": noise}, net(lq, noise=noise)),
+            "prior": ({"lq": lq, "noise": noise}, ipr),
+            "restorer": ({"lq": lq, "ipr": ipr}, net.restore(lq, ipr)),
+        }
     errors = {}
     for name in names:
         path = out_dir / name
+        inputs, expected = cases[path.name.split(".")[-2]]
         if path.suffix == ".onnx":
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            got = torch.from_numpy(session.run(None, {"lq": lq.numpy(), "noise": noise.numpy()})[0])
+            got = torch.from_numpy(session.run(None, {k: v.numpy() for k, v in inputs.items()})[0])
         else:
             with torch.no_grad():
-                got = torch.jit.load(str(path))(lq, noise)
+                got = torch.jit.load(str(path))(*inputs.values())
         assert got.shape == expected.shape, name
         errors[name] = float((got - expected).abs().max() / expected.abs().max())
     return errors
 
 
-def test_all_graphs_and_formats_pass_parity(tmp_path):
-    ckpt = _tiny_checkpoint(tmp_path, "inpaint")
-    report = export(ckpt, tmp_path / "out")
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(kind, scale) -> (checkpoint, output folder, report): every graph in both formats, exported once per
+    module (exports take most of this file's time)."""
+    done: dict[tuple[str, int], tuple[Path, Path, dict]] = {}
+
+    def get(kind: str, scale: int) -> tuple[Path, Path, dict]:
+        if (kind, scale) not in done:
+            root = tmp_path_factory.mktemp(f"export-{kind}-x{scale}")
+            ckpt = _tiny_checkpoint(root, kind, scale)
+            done[kind, scale] = ckpt, root / "out", export(ckpt, root / "out")
+        return done[kind, scale]
+
+    return get
+
+
+@pytest.mark.parametrize(("kind", "scale"), [("deblur", 1), ("sr", 4), ("inpaint", 1)])
+def test_all_graphs_and_formats_pass_parity(exported, kind, scale):
+    """Every graph of every task kind, in both formats, matches eager PyTorch to PARITY: by the exporter's own
+    checks, and run here by ONNX Runtime and TorchScript on inputs the exporter never saw."""
+    ckpt, out, report = exported(kind, scale)
+    variant = f"tiny-{kind}-x{scale}"
     names = set(report["artifacts"])
-    assert names == {f"tiny-inpaint-x1.{g}.{f}" for g in ("full", "prior", "restorer") for f in ("onnx", "ts")}
+    assert names == {f"{variant}.{g}.{f}" for g in ("full", "prior", "restorer") for f in ("onnx", "ts")}
     for name, entry in report["artifacts"].items():
         assert entry["ok"] and entry["worst_rel_max_err"] <= PARITY, name
-        meta = json.loads((tmp_path / "out" / f"{name}.json").read_text())
-        assert meta["variant"] == "tiny-inpaint-x1" and meta["provenance"] == {"made_by": "test"}
+        meta = json.loads((out / f"{name}.json").read_text())
+        assert meta["variant"] == variant and meta["provenance"] == {"made_by": "test"}
         checks = meta["parity"]["checks"]
         assert {c["batch"] for c in checks} == {1, 3} and len({(c["height"], c["width"]) for c in checks}) == 2
-    full = [n for n in names if ".full." in n]
-    errors = _independent_rel_errors(ckpt, tmp_path / "out", full)
-    assert len(errors) == 2 and max(errors.values()) <= PARITY, errors
-    model = onnx.load(str(tmp_path / "out" / "tiny-inpaint-x1.full.onnx"))
+    errors = _independent_rel_errors(ckpt, out, sorted(names))
+    assert len(errors) == 6 and max(errors.values()) <= PARITY, errors
+    model = onnx.load(str(out / f"{variant}.full.onnx"))
     assert model.opset_import[0].version >= 17
     dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims[0] and dims[2] and dims[3], "batch, height and width must be dynamic"
@@ -101,11 +124,12 @@ def test_official_checkpoint_export_reproduces_official_output(tmp_path):
     """ONNX Runtime on an exported official SR x2 checkpoint matches the official output."""
     import onnxruntime as ort
 
-    fx = torch.load(FIXTURES / "srgan-x2-tiny" / "fixtures.pt", weights_only=True)
-    cfg = config_from_official_kwargs("srgan-x2-tiny", "sr", fx["meta"]["s2_kwargs"], scale=2)
     from models import load_model
+    from tests.official_fixtures import fixture_data, official_config, official_weights_file
 
-    ours = save_checkpoint(load_model(FIXTURES / "srgan-x2-tiny" / "state_dict.pth", variant=cfg), tmp_path / "x2")
+    fx = fixture_data("srgan-x2-tiny")
+    official = official_weights_file("srgan-x2-tiny", "S2")
+    ours = save_checkpoint(load_model(official, variant=official_config("srgan-x2-tiny", "S2")), tmp_path / "x2")
     export(ours, tmp_path / "out", options=ExportOptions(graphs=("full",), formats=("onnx",)))
     session = ort.InferenceSession(str(tmp_path / "out" / "x2.full.onnx"), providers=["CPUExecutionProvider"])
     out = session.run(None, {"lq": fx["lq"].numpy(), "noise": fx["x_T"].numpy()})[0]
@@ -113,15 +137,12 @@ def test_official_checkpoint_export_reproduces_official_output(tmp_path):
     assert rel <= PARITY
 
 
-def test_tiled_restoration_is_possible_with_split_graphs(tmp_path):
+def test_tiled_restoration_is_possible_with_split_graphs(exported):
     """prior + restorer compose to full, so an IPR from one image can drive DIRformer on tiles."""
     import onnxruntime as ort
 
-    ckpt = _tiny_checkpoint(tmp_path, "sr", 4)
-    export(ckpt, tmp_path / "o", options=ExportOptions(formats=("onnx",)))
-    sess = {
-        g: ort.InferenceSession(str(tmp_path / "o" / f"tiny-sr-x4.{g}.onnx")) for g in ("full", "prior", "restorer")
-    }
+    _, out, _ = exported("sr", 4)
+    sess = {g: ort.InferenceSession(str(out / f"tiny-sr-x4.{g}.onnx")) for g in ("full", "prior", "restorer")}
     lq = torch.rand(1, 3, 16, 24).numpy()
     noise = torch.randn(1, 256).numpy()
     full = sess["full"].run(None, {"lq": lq, "noise": noise})[0]

@@ -1,42 +1,32 @@
-"""Shared fixtures for the model-core tests: the official reference fixtures (never vendored)."""
+"""Shared fixtures for the model-core tests: the official reference fixtures in tests/fixtures/official."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import torch
 
-from models import config_from_official_kwargs
+from tests.official_fixtures import (
+    FIXTURE_SETS,
+    KEYS_DIR,
+    fixture_data,
+    official_config,
+    official_weights_file,
+    rel_err,
+)
 
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference"
-FIXTURES = REFERENCE / "fixtures"
-KEYS = REFERENCE / "keys"
-
-# fixture folder -> (model kind) ; the scale comes from the fixture's own metadata
-FIXTURE_SETS = {
-    "deblur-tiny": "deblur",
-    "inpaint-tiny": "inpaint",
-    "srgan-x2-tiny": "sr",
-    "srgan-x4-tiny": "sr",
-    "realsr-x1-tiny": "sr",
-}
-
-
-def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Relative max error: max |a - e| / max |e|."""
-    return ((actual - expected).abs().max() / expected.abs().max()).item()
+KEYS = KEYS_DIR
+__all__ = ["FIXTURE_SETS", "KEYS", "FixtureSet", "rel_err"]
 
 
 class FixtureSet:
+    """One official variant: its inputs/outputs (`data`), configs and the verified official weights files."""
+
     def __init__(self, name: str) -> None:
         self.name = name
-        self.dir = FIXTURES / name
-        self.data = torch.load(self.dir / "fixtures.pt", weights_only=True)
-        meta = self.data["meta"]
-        kind = FIXTURE_SETS[name]
-        self.s2_config = config_from_official_kwargs(name, kind, meta["s2_kwargs"], scale=meta["scale"])
-        self.s1_config = config_from_official_kwargs(name, kind, meta["s1_kwargs"], scale=meta["scale"])
+        self.data = fixture_data(name)
+        self.s2_config = official_config(name, "S2")
+        self.s1_config = official_config(name, "S1")
+        self.s2_weights = official_weights_file(name, "S2")
+        self.s1_weights = official_weights_file(name, "S1")
 
 
 @pytest.fixture(scope="session", params=sorted(FIXTURE_SETS))

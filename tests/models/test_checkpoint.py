@@ -19,7 +19,7 @@ def deblur_fx() -> FixtureSet:
 
 
 def _official_sd(fx: FixtureSet) -> dict[str, torch.Tensor]:
-    return torch.load(fx.dir / "state_dict.pth", weights_only=True)
+    return torch.load(fx.s2_weights, weights_only=True)
 
 
 def _outputs(net: DiffIRS2, fx: FixtureSet) -> torch.Tensor:
@@ -53,7 +53,7 @@ def test_official_containers_load_identically(tmp_path, deblur_fx, container):
     assert not net.training
     assert torch.equal(
         _outputs(net, deblur_fx),
-        _outputs(load_model(deblur_fx.dir / "state_dict.pth", variant=deblur_fx.s2_config), deblur_fx),
+        _outputs(load_model(deblur_fx.s2_weights, variant=deblur_fx.s2_config), deblur_fx),
     )
 
 
@@ -95,7 +95,7 @@ def test_non_tensor_values_are_refused(tmp_path):
 
 def test_unknown_architecture_without_variant_is_a_clear_error(deblur_fx):
     with pytest.raises(CheckpointError, match="unknown S2 architecture"):
-        load_model(deblur_fx.dir / "state_dict.pth")
+        load_model(deblur_fx.s2_weights)
 
 
 def test_variant_inferred_from_shapes_and_ambiguity_reported():
@@ -113,7 +113,7 @@ def test_variant_inferred_from_shapes_and_ambiguity_reported():
 
 
 def test_our_format_round_trips_exactly(tmp_path, deblur_fx):
-    net = load_model(deblur_fx.dir / "state_dict.pth", variant=deblur_fx.s2_config)
+    net = load_model(deblur_fx.s2_weights, variant=deblur_fx.s2_config)
     path = save_checkpoint(net, tmp_path / "mine", provenance={"source": "test"})
     assert path.suffix == ".safetensors"
     meta = read_sidecar(path)
@@ -126,7 +126,7 @@ def test_our_format_round_trips_exactly(tmp_path, deblur_fx):
 
 
 def test_sha256_mismatch_and_missing_sidecar(tmp_path, deblur_fx):
-    net = load_model(deblur_fx.dir / "state_dict.pth", variant=deblur_fx.s2_config)
+    net = load_model(deblur_fx.s2_weights, variant=deblur_fx.s2_config)
     path = save_checkpoint(net, tmp_path / "m")
     meta = json.loads(path.with_suffix(".json").read_text())
     meta["sha256"] = "0" * 64
@@ -139,7 +139,7 @@ def test_sha256_mismatch_and_missing_sidecar(tmp_path, deblur_fx):
 
 
 def test_stage_mismatch_and_wrong_variant_name(tmp_path, deblur_fx):
-    s1 = load_stage1_model(deblur_fx.dir / "state_dict_S1.pth", variant=deblur_fx.s1_config)
+    s1 = load_stage1_model(deblur_fx.s1_weights, variant=deblur_fx.s1_config)
     path = save_checkpoint(s1, tmp_path / "s1")
     assert isinstance(load_stage1_model(path), DiffIRS1)
     with pytest.raises(CheckpointError, match="s1 checkpoint, expected s2"):

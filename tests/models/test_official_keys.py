@@ -32,7 +32,7 @@ def test_all_sixteen_listings_are_covered():
 
 
 def test_parameter_counts_match_reference():
-    # Exact S2 totals from shared/reference/model-sizes.md.
+    # Exact S2 totals of the official networks (their unique parameters; aliases counted once).
     expected = {"inpaint": 26_402_474, "inpaint-big": 49_482_922, "deblur": 26_911_934, "srgan-x4": 24_971_206}
     for name, count in expected.items():
         with torch.device("meta"):

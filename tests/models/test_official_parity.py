@@ -15,8 +15,8 @@ TOL = 1e-6
 
 @pytest.fixture(scope="module")
 def loaded(fixture_set: FixtureSet):
-    s2 = load_model(fixture_set.dir / "state_dict.pth", variant=fixture_set.s2_config)
-    s1 = load_stage1_model(fixture_set.dir / "state_dict_S1.pth", variant=fixture_set.s1_config)
+    s2 = load_model(fixture_set.s2_weights, variant=fixture_set.s2_config)
+    s1 = load_stage1_model(fixture_set.s1_weights, variant=fixture_set.s1_config)
     return fixture_set, s2, s1
 
 

@@ -49,6 +49,14 @@ def one_image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_images(tmp_path_factory.mktemp("one"), 1, 32, 32, seed=1)
 
 
+@pytest.fixture(scope="session")
+def eval_data(tmp_path_factory: pytest.TempPathFactory):
+    """`eval_data("Set5", ...)`: a data root with those sets (tests/evaluation_data.py), or a skip."""
+    from tests.evaluation_data import evaluation_root
+
+    return lambda *names: evaluation_root(tmp_path_factory.getbasetemp(), *names)
+
+
 @pytest.fixture(autouse=True)
 def _single_thread():
     torch.set_num_threads(1)

@@ -37,16 +37,10 @@ def test_psnr_and_ssim_reference_values():
     assert 0 < ssim(noisy, gt) < 0.9
 
 
-def test_face_masks_follow_each_sources_polarity():
-    masks = _face_masks()
+def test_face_masks_follow_each_sources_polarity(eval_data):
+    masks = face_masks(eval_data("masks"))
     assert len(masks) == 17  # 15 edge-connect (white = hole) + 2 DDNM keep-masks, inverted
     assert all(0.02 < m.mean() < 0.6 for m in masks)  # holes, never "everything but a hole"
-
-
-def _face_masks():
-    from training.degradations import SHARED_DATA
-
-    return face_masks(SHARED_DATA)
 
 
 @pytest.fixture(scope="module")

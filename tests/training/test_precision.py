@@ -41,14 +41,26 @@ def test_teacher_free_needs_a_student_and_no_warm_up():
 
 
 def test_teacher_free_bf16_continuation_trains_the_student(tmp_path, image_dir):
-    """A stage-2 network continued without its stage-1 teacher, under bf16 autocast: the weights move,
-    the losses are finite, and the checkpoint is the same architecture."""
+    """A stage-2 network continued without its stage-1 teacher, under bf16 autocast (its layers compute in
+    bfloat16, seen by a forward hook): the weights move, the losses are finite, and the checkpoint is the
+    same architecture."""
     run_stage(tiny_config(tmp_path / "base", image_dir, steps=2))
     run_stage(tiny_config(tmp_path / "base", image_dir, steps=2, stage=2))
     student = tmp_path / "base" / "s2" / "model_latest.safetensors"
     cfg = tiny_config(tmp_path / "cont", image_dir, steps=3, stage=2, teacher=False, init_student=str(student),
                       precision="bf16", ema=0.0, lr=1e-3)  # fmt: skip
-    out = run_stage(cfg)
+    trained: set[torch.dtype] = set()  # output dtypes of the convolutions and linear layers in training forwards
+
+    def record(module: torch.nn.Module, args: object, output: object) -> None:
+        if isinstance(module, torch.nn.Conv2d | torch.nn.Linear) and torch.is_grad_enabled():
+            trained.add(output.dtype)  # type: ignore[union-attr]
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        out = run_stage(cfg)
+    finally:
+        hook.remove()
+    assert torch.bfloat16 in trained, trained  # autocast really ran: with a no-op in its place, all are float32
     before, after = load_model(student), load_model(out)
     assert after.config == before.config
     moved = [not torch.equal(a, b) for a, b in zip(before.state_dict().values(), after.state_dict().values())]

@@ -173,7 +173,9 @@ def test_every_recipe_in_the_repository_parses(path):
     cfg = _parse(args, stage)
     assert cfg.teacher or cfg.init_student
     assert cfg.steps > 0 and cfg.task in ("deblur", "sr-x4", "inpaint")
-    assert all(Path(d).name == "train" for d in cfg.data)  # issue 4: training data is ../shared/data/train only
+    # the training images are `data/train` only: what `make data` fetches (training/data/sources.json)
+    assert [Path(d) for d in cfg.data] == [Path("data/train")]
+    assert not cfg.val or Path(cfg.val).parts[:2] == ("data", "val")
 
 
 def test_a_continuation_can_teach_an_inpainting_network_a_new_pre_fill(tmp_path, image_dir):
