@@ -2,7 +2,10 @@
 
 Run it through `bench/gpu_check.sh` (which documents the machine it is made for). Steps:
 
-1. `environment`   torch/CUDA/ONNX Runtime versions; installs missing serving packages from carried wheels
+1. `environment`   torch/CUDA/ONNX Runtime versions; the carried wheels the machine needs are unpacked
+                   (`bench.gpu_wheels.provide`, before any step), every requirement of the closure is checked
+                   against what is installed, and everything later steps import (`IMPORTS`) is imported in
+                   a subprocess with the service's environment: a missing or incompatible package fails here
 2. `eager_parity`  shipped deblur, sr-x4 and inpaint on the device in fp32 (TF32 off), TF32, fp16 and
                    bf16 against fp32 on the CPU, at a size where attention matters (512²)
 3. `torchscript`   graphs exported on the CPU (`models.graphs.write_graph`), loaded onto the device
@@ -25,9 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import importlib
-import importlib.metadata
-import importlib.util
+import dataclasses
 import io
 import json
 import logging
@@ -41,8 +42,7 @@ import tempfile
 import time
 import traceback
 import xml.etree.ElementTree as ET
-import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -51,33 +51,40 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench import gpu_wheels
 from models import DiffIRS2, get_preset, load_model, noise_for_seed, save_checkpoint
 from models.graphs import write_graph
 from models.inpainting import composite, network_input
 from models.tasks import get_task
+from models.tf32 import tf32
 
 LOG = logging.getLogger("gpu_check")
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ("deblur", "sr-x4", "inpaint")
 OFFICIAL_TASK = "deblur-official"
 THROUGHPUT_TARGET = 500.0  # images/s, official deblur preset at 256² through the service (H100/H200 class)
-# module -> distribution, for what `python -m service` and the tests import beyond torch and numpy
-NEEDED = {
-    "fastapi": "fastapi",
-    "fastapi_offline": "fastapi-offline",
-    "uvicorn": "uvicorn",
-    "pydantic_settings": "pydantic-settings",
-    "multipart": "python-multipart",
-    "prometheus_client": "prometheus-client",
-    "httpx": "httpx",
-    "PIL": "pillow",
-    "png": "pypng",
-    "tifffile": "tifffile",
-    "safetensors": "safetensors",
-    "tqdm": "tqdm",
-    "pytest": "pytest",
-    "pytest_timeout": "pytest-timeout",
-}
+IMPORTS = (
+    "service.__main__",
+    "service.http.app",
+    "service.http.server",
+    "uvicorn.protocols.http.httptools_impl",
+    "fastapi_offline",
+    "multipart",
+    "png",
+    "tifffile",
+    "PIL.Image",
+    "httpx",
+    "pytest",
+    "pytest_timeout",
+    "onnxruntime",
+    "onnx",
+    "training.run",
+    "training.gpu_recipe",
+    "training.stage2",
+    "cv2",
+)
+"""What the later steps and the training recipe import, checked by `environment` in a fresh interpreter with
+the environment the service and pytest get (a module that imports here but not there fails those steps)."""
 # |device - CPU fp32| on images in [0, 1]; measured on the CPU: fp16 ~1e-3, bf16 ~7e-3
 ABS_TOL = {"fp32": 2e-3, "tf32": 2e-2, "fp16": 2e-2, "bf16": 6e-2}
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -141,6 +148,8 @@ class Context:
     server: subprocess.Popen | None = None
     url: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    packages: dict[str, Any] = field(default_factory=dict)
+    """`bench.gpu_wheels.provide`'s report: what was unpacked from the carried wheels, versions, problems."""
 
     def remaining(self) -> float:
         return self.plan.budget_s - (time.perf_counter() - self.started)
@@ -204,16 +213,6 @@ def on_device(net: DiffIRS2, dev: torch.device, dtype: torch.dtype) -> DiffIRS2:
     return copy.deepcopy(net).to(device=dev, dtype=dtype).eval()
 
 
-@contextlib.contextmanager
-def tf32(enabled: bool) -> Iterator[None]:
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
 def cpu_reference(ctx: Context, task: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input, noise, fp32 CPU output) at the parity size, computed once."""
     if task not in ctx.cpu_refs:
@@ -238,9 +237,7 @@ def step_environment(ctx: Context) -> dict[str, Any]:
         info["device_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
     if not ctx.plan.cpu and not torch.cuda.is_available():
         raise RuntimeError("no CUDA device visible to torch")
-    info["installed_from_wheels"] = install_missing(ctx)
-    missing = [mod for mod in NEEDED if importlib.util.find_spec(mod) is None]
-    info["missing"] = missing
+    info["packages"] = ctx.packages
     try:
         import onnxruntime as ort
 
@@ -248,35 +245,43 @@ def step_environment(ctx: Context) -> dict[str, Any]:
         info["onnxruntime_providers"] = ort.get_available_providers()
     except ImportError:
         info["onnxruntime"] = None
-    if missing:
-        raise RuntimeError(f"missing after installing the carried wheels: {', '.join(missing)} (info: {info})")
+    info["imports"] = import_check(ctx)
+    problems = list(ctx.packages.get("problems", [])) + [f"import {m}: {e}" for m, e in info["imports"].items() if e]
+    if problems:
+        raise RuntimeError(f"the later steps cannot run: {'; '.join(problems)}")
     return info
 
 
-def install_missing(ctx: Context) -> list[str]:
-    """Unpack every carried wheel whose distribution is absent into a folder put first on sys.path and
-    on the subprocesses' PYTHONPATH. Unpacking is all a wheel install does for these packages (no
-    scripts are needed), and it needs neither pip nor a writable site-packages."""
-    wheels = Path(os.environ.get("DIFFIR_WHEELS", ROOT / "wheels" / "py312"))
-    if all(importlib.util.find_spec(mod) is not None for mod in NEEDED):
-        return []
-    if not wheels.is_dir():
-        raise RuntimeError(f"packages missing and no wheel folder at {wheels} (run scripts/fetch_gpu_wheels.sh)")
-    todo = []
-    for whl in sorted(wheels.glob("*.whl")):
-        dist = whl.name.split("-")[0].replace("_", "-")
-        try:
-            importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            todo.append(whl)
+def provide_packages(ctx: Context) -> None:
+    """Unpack the carried wheels this interpreter needs (a missing or incompatible version) and put them on
+    this process's path and on every subprocess's PYTHONPATH. Runs before any step, so a rerun of single
+    steps has them too; `environment` reports the outcome."""
+    version = f"py{sys.version_info.major}{sys.version_info.minor}"
+    wheels = Path(os.environ.get("DIFFIR_WHEELS", ROOT / "wheels" / version))
     site = ctx.tmp / "site"
-    for whl in todo:
-        with zipfile.ZipFile(whl) as archive:
-            archive.extractall(site)
-    sys.path.insert(0, str(site))
+    ctx.packages = gpu_wheels.provide(wheels, site) | {"wheels": str(wheels)}
     ctx.env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), str(ROOT), os.environ.get("PYTHONPATH")) if p)
-    importlib.invalidate_caches()
-    return [w.name for w in todo]
+
+
+def import_check(ctx: Context) -> dict[str, str]:
+    """module -> "" when it imports in a fresh interpreter with the subprocesses' environment, else the error."""
+    script = (
+        "import importlib, json, sys\n"
+        "errors = {}\n"
+        "for name in sys.argv[1:]:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "        errors[name] = ''\n"
+        "    except Exception as exc:\n"
+        "        errors[name] = f'{type(exc).__name__}: {exc}'[:500]\n"
+        "print(json.dumps(errors))\n"
+    )
+    env = {**os.environ, **ctx.env}
+    res = subprocess.run([sys.executable, "-c", script, *IMPORTS], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)  # fmt: skip
+    if res.returncode != 0:
+        return {"(interpreter)": f"exit {res.returncode}: {res.stderr[-1500:]}"}
+    return json.loads(res.stdout.strip().splitlines()[-1])
 
 
 def step_eager_parity(ctx: Context) -> dict[str, Any]:
@@ -377,6 +382,8 @@ def step_eager_speed(ctx: Context) -> dict[str, Any]:
                 with torch.inference_mode():
                     try:
                         run_eager = partial(low, lq, noise=noise)
+                        if b == plan.batches[0] and not bool(torch.isfinite(run_eager()).all()):
+                            errors.append(f"{name} {precision}: the eager output is not finite")
                         eager.append(round(images_per_s(run_eager, b, dev, 0.5 if dev.type == "cuda" else 0), 1))
                     except torch.OutOfMemoryError:
                         eager.append("oom")
@@ -385,7 +392,9 @@ def step_eager_speed(ctx: Context) -> dict[str, Any]:
                         try:  # a capture failure is reported, and the eager numbers are kept
                             replay = graphed(low, lq, noise)
                             err = (replay().float() - low(lq, noise=noise).float()).abs().max().item()
-                            worst_graph_err = max(worst_graph_err, err)
+                            # not max(): max(0.0, nan) is 0.0, and a NaN replay would pass as exact
+                            if not err <= worst_graph_err:
+                                worst_graph_err = err
                             replayed.append(round(images_per_s(replay, b, dev, 0.5), 1))
                             del replay
                         except Exception as exc:
@@ -400,7 +409,10 @@ def step_eager_speed(ctx: Context) -> dict[str, Any]:
                 torch.cuda.empty_cache()
     table["cuda_graphs"] = "captured per (batch, size) bucket" if dev.type == "cuda" else "not on the CPU"
     table["cuda_graph_max_abs_err_vs_eager"] = worst_graph_err
-    if worst_graph_err > 1e-2:
+    for key, row in table["images_per_s"].items():
+        if any(isinstance(v, float) and not math.isfinite(v) for v in row):
+            errors.append(f"{key}: a timing is not finite: {row}")
+    if not worst_graph_err <= 1e-2:  # NaN fails too
         errors.append(f"CUDA graph replay differs from eager by {worst_graph_err}")
     if errors:
         raise RuntimeError(f"{'; '.join(errors)}: {json.dumps(table)}")
@@ -476,7 +488,9 @@ def step_pytest_gpu(ctx: Context) -> dict[str, Any]:
     suite = ET.parse(junit).getroot() if junit.exists() else None
     suite = suite.find("testsuite") if suite is not None and suite.tag == "testsuites" else suite
     counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")} if suite is not None else {}
-    info = {"files": files, "returncode": res.returncode, **counts, "tail": res.stdout[-1500:]}
+    # both streams: a crash before pytest's summary (an import error, a CUDA abort) is only on stderr
+    info = {"files": files, "returncode": res.returncode, **counts, "tail": res.stdout[-2000:],
+            "stderr_tail": res.stderr[-2000:]}  # fmt: skip
     if res.returncode != 0 or not counts.get("tests"):
         raise RuntimeError(f"pytest -m gpu: {json.dumps(info)}")
     if not ctx.plan.cpu and counts.get("skipped"):
@@ -728,6 +742,7 @@ def run(out: Path, plan: Plan, selected: list[str] | None, broken: str | None) -
     report.write()
     with tempfile.TemporaryDirectory(prefix="diffir-gpu-check-") as tmp:
         ctx = Context(plan, out, Path(tmp))
+        provide_packages(ctx)
         try:
             for name, fn in STEPS.items():
                 if selected and name not in selected:
@@ -805,6 +820,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s gpu_check %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     plan = Plan.for_machine(os.environ.get("DIFFIR_GPU_CHECK_CPU") == "1")
+    if os.environ.get("DIFFIR_GPU_CHECK_BUDGET_S"):  # the visit script shares its time with the training recipe
+        plan = dataclasses.replace(plan, budget_s=float(os.environ["DIFFIR_GPU_CHECK_BUDGET_S"]))
     selected = [s for s in os.environ.get("DIFFIR_GPU_CHECK_STEPS", "").split(",") if s] or None
     unknown = set(selected or ()) - set(STEPS)
     if unknown:

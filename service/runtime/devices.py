@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
 import torch
+
+from models.tf32 import set_tf32
+from models.tf32 import tf32_enabled as tf32_enabled  # re-exported: the service asks here
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -43,22 +47,20 @@ def enable_tf32() -> None:
 
     TF32 keeps fp32's range with a 10-bit mantissa, ~1e-3 relative per product: far below what
     an 8-bit image shows, and several times the fp32 throughput. PyTorch leaves it off for
-    matmuls by default; a served fp32 model should not pay for that.
+    matmuls by default; a served fp32 model should not pay for that. Set through `models.tf32`,
+    the one place the project touches TF32 (mixing torch's two TF32 APIs raises).
     """
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the per-backend API (mixing APIs raises)
-        matmul.fp32_precision = "tf32"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
-    else:  # pragma: no cover - older torch
-        matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    set_tf32(True)
 
 
-def tf32_enabled() -> bool:
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):
-        return matmul.fp32_precision == "tf32"
-    return bool(matmul.allow_tf32)  # pragma: no cover - older torch
+def release_cached_memory() -> None:
+    """After an out-of-memory, before a retry in halves: free what the failed batch left and hand the CUDA
+    caching allocator's free blocks back. A failure's traceback (and the activations in its frames) can sit
+    in reference cycles that only the garbage collector breaks; the cache is emptied after that. Nothing
+    more than a collection on a process without CUDA."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def math_mode(device: torch.device, precision: str) -> Callable[[], AbstractContextManager[object]]:

@@ -16,6 +16,7 @@ from models import DiffIRS2, load_model, noise_for_seed
 from models.graphs import write_graph
 from models.inpainting import network_input
 from models.tasks import get_task
+from models.tf32 import tf32
 
 pytestmark = pytest.mark.gpu
 
@@ -34,10 +35,8 @@ def _shipped(task: str) -> DiffIRS2:
 
 @pytest.fixture(autouse=True)
 def _no_tf32():
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    with tf32(False):
+        yield
 
 
 @pytest.mark.parametrize("task", ["deblur", "sr-x4"])
