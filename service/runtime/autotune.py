@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from service.runtime.base import Backend
+from service.startup import step
 
 log = logging.getLogger(__name__)
 MIN_PSNR_DB = 45.0
@@ -107,17 +108,18 @@ def tune(
     tuning = Tuning(chosen="", input_size=(int(lq.shape[-2]), int(lq.shape[-1])))
     reference: torch.Tensor | None = None
     best: tuple[float, Backend] | None = None
-    for cand in candidates:
+    for i, cand in enumerate(candidates, 1):
         trial = Trial(cand.label, cand.backend, cand.precision)
         tuning.trials.append(trial)
         try:
-            backend = cand.build()
-            out = backend.run(lq, noise)  # warm-up, and the output to compare
-            times = []
-            for _ in range(reps):
-                started = clock()
-                backend.run(lq, noise)
-                times.append(clock() - started)
+            with step("candidate", f"timing {cand.label} ({i} of {len(candidates)})", candidate=cand.label):
+                backend = cand.build()
+                out = backend.run(lq, noise)  # warm-up, and the output to compare
+                times = []
+                for _ in range(reps):
+                    started = clock()
+                    backend.run(lq, noise)
+                    times.append(clock() - started)
         except Exception as exc:  # a candidate this machine cannot run is recorded, never fatal
             trial.note = f"unavailable: {_first_line(exc)}"
             log.info("auto backend: %s unavailable (%s)", cand.label, trial.note)

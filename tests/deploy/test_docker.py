@@ -135,6 +135,22 @@ def test_image_contract(name, target, monkeypatch):
         assert '"training"' in _last(final, "CMD")
 
 
+@pytest.mark.parametrize(("name", "build"), [("Dockerfile.cpu", "build"), ("Dockerfile.cuda", "build-serve")])
+def test_exports_are_built_into_the_image(name, build):
+    """`python -m service prepare` runs at build time into the folder the serving stage copies and
+    DIFFIR_PREPARED_DIR names, so a container never exports at start."""
+    stages = parse_dockerfile(REPO / "docker" / name)
+    by_name = {s["name"]: s for s in stages}
+    prepared = _env(stages, by_name["serve"])["DIFFIR_PREPARED_DIR"]
+    runs = [rest for i, rest in by_name[build]["instructions"] if i == "RUN"]
+    assert any(re.search(rf"python -m service prepare --out {re.escape(prepared)}$", r) for r in runs), runs
+    copies = [rest for i, rest in by_name["serve"]["instructions"] if i == "COPY"]
+    assert f"--from={build} {prepared} {prepared}" in copies
+    health = _last(by_name["serve"], "HEALTHCHECK")
+    start_period = int(re.search(r"--start-period=(\d+)s", health).group(1))
+    assert start_period <= 90, "liveness answers within seconds of the start: no need for minutes of grace"
+
+
 def _context_files(root: Path = REPO) -> set[str]:
     """Files docker would send as the build context, computed by docker-py's .dockerignore implementation."""
     from docker.utils.build import exclude_paths

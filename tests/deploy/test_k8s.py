@@ -281,6 +281,14 @@ def test_deployment_contract(rendered, overlay):
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     startup_budget = c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"]
     assert startup_budget >= 300, "model load + warm-up of every task needs minutes on a cold node"
+    if cpu:  # a cold CPU pod times every `auto` candidate of every task before it is ready
+        assert startup_budget >= 900, startup_budget
+
+    # Threads: one per CPU of the container's limit (downward API), not one per core of the node.
+    (threads,) = [e for e in c["env"] if e["name"] == "DIFFIR_TORCH_THREADS"]
+    field = threads["valueFrom"]["resourceFieldRef"]
+    assert field == {"containerName": c["name"], "resource": "limits.cpu", "divisor": "1"}
+    assert "cpu" in resources_limits(c)
     # Liveness must not kill a draining pod: it only starts after start-up and checks /healthz.
     assert c["livenessProbe"]["failureThreshold"] * c["livenessProbe"]["periodSeconds"] >= 20
 
@@ -324,6 +332,42 @@ def test_deployment_contract(rendered, overlay):
         assert not any("gpu" in key for kind in ("requests", "limits") for key in resources[kind])
         assert "tolerations" not in pod
         assert c["image"].endswith("-cpu")
+
+
+def resources_limits(container: dict) -> dict:
+    return container["resources"]["limits"]
+
+
+@pytest.mark.parametrize("overlay", sorted(KUSTOMIZATIONS))
+def test_backend_is_the_measured_choice(rendered, overlay, monkeypatch):
+    """CPU nodes: `auto` (bf16 where the CPU has bf16 units, 2x eager fp32 per bench/results/speed-default.md;
+    otherwise the fastest fp32 path); GPU nodes: eager torch (TF32), the path bench/gpu_check.sh measures."""
+    settings = _settings(_env(rendered[overlay]), monkeypatch)
+    assert settings.backend == ("auto" if overlay in CPU_KUSTOMIZATIONS else "torch")
+
+
+def test_autotune_cache_component_keeps_the_choice_on_a_claim(tmp_path, monkeypatch):
+    resources = render_with(tmp_path, ["overlays/cpu"], ["components/autotune-cache"])
+    res = _by_kind(resources)
+    c = _container(res["Deployment"])
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in res["Deployment"]["spec"]["template"]["spec"]["volumes"]}
+    claim = volumes[mounts[env["DIFFIR_CACHE_DIR"]]]["persistentVolumeClaim"]["claimName"]
+    assert claim == res["PersistentVolumeClaim"]["metadata"]["name"]
+    assert res["PersistentVolumeClaim"]["spec"]["accessModes"] == ["ReadWriteMany"]  # replicas on several nodes
+    assert "/tmp" in mounts  # the emptyDir stays for everything else
+    rc, output = _validate(*_write(tmp_path, resources), version=K8S_VERSIONS[-1])
+    assert rc == 0, output
+
+
+def _write(tmp_path, resources: list[dict]) -> list:
+    paths = []
+    for i, resource in enumerate(resources):
+        path = tmp_path / f"r{i}.yaml"
+        path.write_text(yaml.safe_dump(resource))
+        paths.append(path)
+    return paths
 
 
 @pytest.mark.parametrize("overlay", sorted(KUSTOMIZATIONS))
