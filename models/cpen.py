@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.config import ModelConfig
+from models.layers import SampleConv2d, SampleLinear
+from models.sizing import tile_shape
 
 LRELU_SLOPE = 0.1
 
@@ -17,9 +19,9 @@ class ResBlock(nn.Module):
     def __init__(self, feats: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(feats, feats, 3, padding=1),
+            SampleConv2d(feats, feats, 3, padding=1),
             nn.LeakyReLU(LRELU_SLOPE),
-            nn.Conv2d(feats, feats, 3, padding=1),
+            SampleConv2d(feats, feats, 3, padding=1),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -33,20 +35,20 @@ class CPEN(nn.Module):
         super().__init__()
         lrelu = nn.LeakyReLU(LRELU_SLOPE)
         self.E = nn.Sequential(
-            nn.Conv2d(in_channels, n_feats, 3, padding=1),
+            SampleConv2d(in_channels, n_feats, 3, padding=1),
             lrelu,
             *[ResBlock(n_feats) for _ in range(n_resblocks)],
-            nn.Conv2d(n_feats, 2 * n_feats, 3, padding=1),
+            SampleConv2d(n_feats, 2 * n_feats, 3, padding=1),
             lrelu,
-            nn.Conv2d(2 * n_feats, 2 * n_feats, 3, padding=1),
+            SampleConv2d(2 * n_feats, 2 * n_feats, 3, padding=1),
             lrelu,
-            nn.Conv2d(2 * n_feats, 4 * n_feats, 3, padding=1),
+            SampleConv2d(2 * n_feats, 4 * n_feats, 3, padding=1),
             lrelu,
         )
         self.mlp = nn.Sequential(
-            nn.Linear(4 * n_feats, 4 * n_feats),
+            SampleLinear(4 * n_feats, 4 * n_feats),
             lrelu,
-            nn.Linear(4 * n_feats, 4 * n_feats),
+            SampleLinear(4 * n_feats, 4 * n_feats),
             lrelu,
         )
 
@@ -78,11 +80,11 @@ class CPEN(nn.Module):
 
 
 def window_boxes(h: int, w: int, window: int) -> list[tuple[int, int, int, int]]:
-    """Non-overlapping (top, left, bottom, right) cores of edge `window` covering an h x w map."""
+    """Non-overlapping (top, left, bottom, right) cores of about `window`² area covering an h x w map
+    (square, or along a strip's long side: `models.sizing.tile_shape`)."""
+    rows, cols = tile_shape(h, w, window)
     return [
-        (top, left, min(top + window, h), min(left + window, w))
-        for top in range(0, h, window)
-        for left in range(0, w, window)
+        (top, left, min(top + rows, h), min(left + cols, w)) for top in range(0, h, rows) for left in range(0, w, cols)
     ]
 
 

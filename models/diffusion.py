@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from models.config import DiffusionConfig
+from models.layers import SampleLinear
 
 LRELU_SLOPE = 0.1
 
@@ -67,7 +68,7 @@ class ResMLP(nn.Module):
 
     def __init__(self, width: int) -> None:
         super().__init__()
-        self.resmlp = nn.Sequential(nn.Linear(width, width), nn.LeakyReLU(LRELU_SLOPE))
+        self.resmlp = nn.Sequential(SampleLinear(width, width), nn.LeakyReLU(LRELU_SLOPE))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.resmlp(x)
@@ -80,7 +81,7 @@ class DenoiseMLP(nn.Module):
         super().__init__()
         self.timesteps = timesteps
         self.resmlp = nn.Sequential(
-            nn.Linear(2 * ipr_dim + 1, ipr_dim),
+            SampleLinear(2 * ipr_dim + 1, ipr_dim),
             nn.LeakyReLU(LRELU_SLOPE),
             *[ResMLP(ipr_dim) for _ in range(n_res)],
         )

@@ -16,6 +16,7 @@ from models.layers import (
     conv_pixel_shuffle_nhwc,
     nchw_to_nhwc,
     nhwc_to_nchw,
+    sample_conv2d,
 )
 
 
@@ -111,7 +112,7 @@ class DIRformer(nn.Module):
         if cfg.kind == "deblur":
             return (nhwc_to_nchw(conv_nhwc(feat, self.output)) + lq).contiguous()
         y = conv_pixel_shuffle_nhwc(conv_pixel_shuffle_nhwc(feat, self.tail[0][0]), self.tail[0][2])
-        y = F.conv2d(nhwc_to_nchw(y), self.tail[1].weight, self.tail[1].bias, padding=1)
+        y = sample_conv2d(nhwc_to_nchw(y), self.tail[1].weight, self.tail[1].bias, padding=1)
         # Nearest-neighbour upsampling by an integer factor replicates each LQ pixel s x s times.
         base = lq if cfg.scale == 1 else F.interpolate(lq, scale_factor=cfg.scale, mode="nearest")
         return (y + base).contiguous()

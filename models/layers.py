@@ -12,6 +12,11 @@ removing whole passes over the activations:
   per-sample weight:  W (xhat * (w*s) + (b*s + h)) = (W diag(w*s)) xhat + W (b*s + h).
 * Softmax(A) @ v followed by `project_out` becomes one per-sample C x C matrix applied to v:
   P (blockdiag(A) v) = (P blockdiag(A)) v, with the residual added inside the same matmul.
+
+Batch invariance: the per-sample vector products (IPR -> scale/shift, CPEN's MLP, the denoiser) and
+convolutions of small samples are computed one sample at a time (`per_sample_linear`,
+`sample_conv2d`), where the library would otherwise pick another kernel, and rounding, for a batch
+than for one sample. What remains batch-dependent is stated (and measured) in the README.
 """
 
 from __future__ import annotations
@@ -41,6 +46,51 @@ def _widened(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
+NATIVE_CONV_MAX_VALUES = 20480
+"""PyTorch's CPU dispatch (`ConvParams::use_mkldnn`) runs a float32 convolution of ONE sample with at
+most this many input values on its native kernel, and the same convolution on a batch on oneDNN:
+two algorithms, two roundings (a few 1e-7 apart, enough to move a pixel by one 8-bit level)."""
+
+
+def sample_conv2d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] | str = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """`F.conv2d` whose result per sample does not depend on the batch it is in.
+
+    A batch of small CPU samples (where a lone sample would take the native kernel, see
+    `NATIVE_CONV_MAX_VALUES`) is convolved one sample at a time: exactly the call each sample
+    would get alone. Small tensors only, so the loop costs little. A traced graph (export) records
+    the plain convolution.
+    """
+    batch = x.shape[0]
+    if (
+        batch > 1
+        and x.device.type == "cpu"
+        and x[0].numel() <= NATIVE_CONV_MAX_VALUES
+        and not torch.jit.is_tracing()
+        and not torch.jit.is_scripting()
+    ):
+        return torch.cat(
+            [F.conv2d(x[i : i + 1], weight, bias, stride, padding, dilation, groups) for i in range(batch)]
+        )
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+
+class SampleConv2d(nn.Conv2d):
+    """`nn.Conv2d` (same parameters and keys) through `sample_conv2d`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding_mode != "zeros":
+            return super().forward(x)
+        return sample_conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
 def conv_pixel_shuffle_nhwc(x: torch.Tensor, conv: nn.Conv2d, factor: int = 2) -> torch.Tensor:
     """`pixel_shuffle(conv(x), factor)` for an NHWC `x`, returned as a contiguous NHWC tensor.
 
@@ -52,7 +102,7 @@ def conv_pixel_shuffle_nhwc(x: torch.Tensor, conv: nn.Conv2d, factor: int = 2) -
     c = conv.weight.shape[0] // r2
     weight = conv.weight.reshape(c, r2, *conv.weight.shape[1:]).transpose(0, 1).reshape(conv.weight.shape)
     bias = None if conv.bias is None else conv.bias.reshape(c, r2).t().reshape(-1)
-    y = F.conv2d(nhwc_to_nchw(x), weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    y = sample_conv2d(nhwc_to_nchw(x), weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     b, _, h, w = y.shape
     y = y.permute(0, 2, 3, 1).reshape(b, h, w, factor, factor, c).permute(0, 1, 3, 2, 4, 5)
     return y.reshape(b, h * factor, w * factor, c)
@@ -60,7 +110,7 @@ def conv_pixel_shuffle_nhwc(x: torch.Tensor, conv: nn.Conv2d, factor: int = 2) -
 
 def conv_nhwc(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """Apply a 2-D convolution to an NHWC tensor and return NHWC."""
-    out = F.conv2d(nhwc_to_nchw(x), conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    out = sample_conv2d(nhwc_to_nchw(x), conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     return nchw_to_nhwc(out)
 
 
@@ -110,16 +160,40 @@ def modulated_pointwise(x_hat: torch.Tensor, gain: torch.Tensor, offset: torch.T
     b, h, w, c = x_hat.shape
     weight = conv.weight.reshape(conv.weight.shape[0], c)  # (Cout, Cin)
     per_sample = weight.unsqueeze(0) * gain.unsqueeze(1)  # (B, Cout, Cin)
-    bias = offset @ weight.t()  # (B, Cout)
+    bias = per_sample_linear(offset, weight)  # (B, Cout), independent of the batch size
     if conv.bias is not None:
         bias = bias + conv.bias
     out = torch.baddbmm(bias.unsqueeze(1), x_hat.reshape(b, h * w, c), per_sample.transpose(1, 2))
     return out.reshape(b, h, w, -1)
 
 
+def per_sample_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """`F.linear` of a (B, Cin) batch of vectors, computed as B separate one-row products.
+
+    A plain matrix product picks its BLAS kernel, and so its rounding, by the number of rows: the
+    IPR path (CPEN's MLP, the denoiser, the IPR -> scale/shift kernels) would give a sample other
+    last bits in a batch of 2 than alone, and a pixel one level off after the 8-bit rounding. One
+    (1, Cin) x (Cin, Cout) product per sample (a batched matmul) rounds the same at every batch
+    size and position, and equals `F.linear` exactly at B = 1.
+    """
+    b = x.shape[0]
+    rows = x.unsqueeze(1)
+    w = weight.t().unsqueeze(0).expand(b, -1, -1)
+    out = torch.bmm(rows, w) if bias is None else torch.baddbmm(bias.expand(b, 1, -1), rows, w)
+    return out.squeeze(1)
+
+
+class SampleLinear(nn.Linear):
+    """`nn.Linear` (same parameters and keys) on (B, C) vectors whose result per sample does not
+    depend on the batch it is in (`per_sample_linear`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return per_sample_linear(x, self.weight, self.bias)
+
+
 def ipr_kernel(ipr_dim: int, channels: int) -> nn.Sequential:
     """Linear map IPR -> [scale | shift] with no bias (key `kernel.0.weight`, shape [2C, 256])."""
-    return nn.Sequential(nn.Linear(ipr_dim, 2 * channels, bias=False))
+    return nn.Sequential(SampleLinear(ipr_dim, 2 * channels, bias=False))
 
 
 def scale_shift(kernel: nn.Sequential, ipr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,7 +302,7 @@ class Downsample(nn.Module):
         self.body = nn.Sequential(nn.Conv2d(dim, dim // 2, 3, padding=1, bias=False), nn.PixelUnshuffle(2))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.conv2d(nhwc_to_nchw(x), self.body[0].weight, padding=1)
+        y = sample_conv2d(nhwc_to_nchw(x), self.body[0].weight, padding=1)
         return nchw_to_nhwc(F.pixel_unshuffle(y, 2))
 
 

@@ -50,3 +50,20 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, mode: PadMode) -> tuple[torc
 
 def crop_output(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return y[..., :height, :width]
+
+
+def tile_shape(h: int, w: int, edge: int, multiple: int = 1) -> tuple[int, int]:
+    """(rows, cols) of the tiles (or windows) that cut an h x w map into pieces of about `edge`² area.
+
+    `edge` x `edge`, except for a strip: along a side shorter than `edge` the piece spans the whole
+    side and grows along the long one to the same area (counting the short side padded to
+    `multiple`), so a 8 x 100000 strip is cut into a few 8 x 18432 pieces, not hundreds of 8 x 384
+    slivers that each pay a call's fixed cost.
+    """
+    if h < edge < w:
+        short = padded_size(h, 1, multiple)[0]
+        return edge, max(edge, edge * edge // short // multiple * multiple)
+    if w < edge < h:
+        short = padded_size(1, w, multiple)[1]
+        return max(edge, edge * edge // short // multiple * multiple), edge
+    return edge, edge

@@ -1,6 +1,6 @@
 """diffir-serve's HTTP service: `POST /restore/{task}` with per-task dynamic batching.
 
 Entry points: `python -m service` (server), `python -m service restore ...` (local files),
-`service.app.create_app(settings)` (the ASGI app), `service.client` (HTTP client). Depends on
+`service.http.app.create_app(settings)` (the ASGI app), `service.client` (HTTP client). Depends on
 `models` only; never on `training` (enforced by import-linter).
 """

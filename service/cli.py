@@ -10,7 +10,9 @@ their source extension (`x_webp.png`), then a number. Outputs that already exist
 anything is computed unless `--overwrite` or `--skip-existing` says what to do. A file that fails is
 reported and the run goes on; the exit status is 1 when any file failed, with a summary at the end.
 For `inpaint`, the mask of `photo.png` is `photo.mask.png` (any allowed extension) unless `--mask`
-names one file for all.
+names one file for all. `--seed`, `--format`, `--quality` and `--timeout` obey the server's rules
+(`service.params`): what the server answers 422 `bad_parameter` stops the run before any work, with
+the same message.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
+
+from service.errors import ServiceError
+from service.extras import needs_serve_extra
+from service.params import NAMES, OUTPUT_FORMATS, RestoreParams, parse_params
 
 log = logging.getLogger("diffir.restore")
 
@@ -56,9 +62,13 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     exists.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
     exists.add_argument("--skip-existing", action="store_true", help="leave inputs whose output exists alone")
     p.add_argument("--mask", type=Path, help="inpaint: one mask for every input")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=sorted(EXTENSIONS), help="output format (default: png; jpeg for .jpg input)")
-    p.add_argument("--quality", type=int, help="JPEG/WebP quality 1-100")
+    # Text, checked by the server's own rules (service.params) in main(): same refusals, same code.
+    p.add_argument("--seed", default="0", help="noise seed (default 0): same input and seed give the same bytes")
+    p.add_argument(
+        "--format", metavar="{" + ",".join(OUTPUT_FORMATS) + "}", help="output format (default: png; jpeg for .jpg)"
+    )
+    p.add_argument("--quality", help="JPEG/WebP quality 1-100")
+    p.add_argument("--timeout", metavar="SECONDS", help="give up on a file after this long (504 deadline_exceeded)")
     local = p.add_argument_group("local restoration (no --server)")
     local.add_argument("--checkpoint", type=Path, help="use this checkpoint/artifact instead of the configured one")
     local.add_argument("--device", help="auto, cpu, cuda or cuda:N (default DIFFIR_DEVICE or auto)")
@@ -73,6 +83,12 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     if args.server and (args.checkpoint or args.device or args.tile is not None):
         p.error("--checkpoint, --device and --tile apply to local restoration, not with --server")
     return args
+
+
+def request_params(args: argparse.Namespace) -> RestoreParams:
+    """The command line's request parameters by the server's rules; `ServiceError("bad_parameter")` otherwise."""
+    given = {name: [getattr(args, name)] for name in NAMES if getattr(args, name) is not None}
+    return parse_params(given)
 
 
 # --- what goes where ------------------------------------------------------------------------------
@@ -140,12 +156,11 @@ def local_restorer(args: argparse.Namespace) -> Restorer:
     """Load the task's model in this process (the service's own pieces) and return its restore function."""
     import atexit
 
-    from service.errors import ServiceError, StartupError
+    from service.errors import StartupError
     from service.pipeline import LocalPipeline, RestoreRequest
     from service.runtime.devices import resolve_device
     from service.runtime.loader import default_task_settings, load_backend
-    from service.server import load_settings
-    from service.settings import TaskSettings
+    from service.settings import SERVER_ONLY, TaskSettings, load_settings
 
     overrides: dict[str, object] = {"device": args.device}
     if args.tile is not None:
@@ -154,7 +169,8 @@ def local_restorer(args: argparse.Namespace) -> Restorer:
             tile_threshold_pixels=2**62 if no_tiles else args.tile * args.tile,
             **({} if no_tiles else {"tile_size": args.tile, "tile_overlap": min(32, (args.tile - 1) // 4)}),
         )
-    settings = load_settings(overrides)
+    flags = {"device": "--device", "tile_size": "--tile", "tile_overlap": "--tile", "tile_threshold_pixels": "--tile"}
+    settings = load_settings(overrides, flags=flags, ignore=SERVER_ONLY)  # no port, no HTTP: their variables unread
     specs = settings.tasks or default_task_settings()
     if args.checkpoint is not None:
         key = "artifact" if args.checkpoint.suffix in (".onnx", ".ts") else "checkpoint"
@@ -167,10 +183,14 @@ def local_restorer(args: argparse.Namespace) -> Restorer:
     pipeline = LocalPipeline(local, {args.task: backend})
     atexit.register(pipeline.close)
 
+    params: RestoreParams = args.params
+
     def restore(path: Path, mask: Path | None, fmt: str) -> bytes:
         try:
             mask_data = mask_for(path, mask).read_bytes() if backend.info.needs_mask else None
-            request = RestoreRequest(args.task, path.read_bytes(), mask_data, args.seed, fmt, args.quality)
+            request = RestoreRequest(
+                args.task, path.read_bytes(), mask_data, params.seed, fmt, params.quality, timeout_s=params.timeout_s
+            )
             return pipeline.restore(request).data
         except ServiceError as exc:
             raise FileError(exc.code, str(exc)) from None
@@ -180,10 +200,16 @@ def local_restorer(args: argparse.Namespace) -> Restorer:
 
 def remote_restorer(args: argparse.Namespace) -> Restorer:
     """Send each file to a running server (`service.client`: httpx only)."""
+    import httpx
+
     from service.client import Client, ClientError
 
     client = Client(args.server, api_key=args.api_key)
-    tasks = {t["name"]: t for t in client.tasks()}
+    params: RestoreParams = args.params
+    try:
+        tasks = {t["name"]: t for t in client.tasks()}
+    except httpx.TransportError as exc:
+        raise FileError("unreachable", f"cannot reach the server at {args.server}: {exc}") from None
     if args.task not in tasks:
         raise FileError("unknown_task", f"the server at {args.server} has no task {args.task!r}")
     needs_mask = bool(tasks[args.task].get("needs_mask"))
@@ -191,17 +217,31 @@ def remote_restorer(args: argparse.Namespace) -> Restorer:
     def restore(path: Path, mask: Path | None, fmt: str) -> bytes:
         mask_path = mask_for(path, mask) if needs_mask else None
         try:
-            return client.restore(
-                args.task, path, mask=mask_path, seed=args.seed, format=fmt, quality=args.quality
-            ).data
+            result = client.restore(
+                args.task,
+                path,
+                mask=mask_path,
+                seed=params.seed,
+                format=fmt,
+                quality=params.quality,
+                timeout_s=params.timeout_s,
+            )
         except ClientError as exc:
             raise FileError(exc.code, exc.message) from None
+        except httpx.TransportError as exc:
+            raise FileError("unreachable", f"cannot reach the server at {args.server}: {exc}") from None
+        return result.data
 
     return restore
 
 
 def make_restorer(args: argparse.Namespace) -> Restorer:
-    return remote_restorer(args) if args.server else local_restorer(args)
+    if args.server:
+        return remote_restorer(args)
+    problem = needs_serve_extra("restoring without --server")  # the client install has no models
+    if problem:
+        raise RuntimeError(f"{problem}, or pass --server URL")
+    return local_restorer(args)
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -256,18 +296,24 @@ def run(args: argparse.Namespace, items: list[Item], restore: Restorer) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(list(sys.argv[1:] if argv is None else argv))
     _configure_output(args.quiet)
+    try:
+        args.params = request_params(args)
+    except ServiceError as exc:
+        log.error("diffir-restore: %s: %s", exc.code, exc)
+        return 2
     missing = [str(p) for p in args.inputs if not p.exists()]
     if missing:
         log.error("diffir-restore: no such file or folder: %s", ", ".join(missing))
         return 2
-    items = plan(args.inputs, args.out, args.suffix, args.format)
+    items = plan(args.inputs, args.out, args.suffix, args.params.format)
     if not items:
         log.error("diffir-restore: no images (%s) in %s", " ".join(IMAGE_SUFFIXES), " ".join(map(str, args.inputs)))
         return 2
     existing = [i.target for i in items if i.target.exists()]
     if existing and not (args.overwrite or args.skip_existing):
         shown = ", ".join(map(str, existing[:3])) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
-        log.error("diffir-restore: %s already exist(s); pass --overwrite or --skip-existing", shown)
+        what = f"{shown} already exists" if len(existing) == 1 else f"{len(existing)} outputs already exist: {shown}"
+        log.error("diffir-restore: %s; pass --overwrite or --skip-existing", what)
         return 2
     try:
         restore = make_restorer(args)

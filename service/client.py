@@ -47,7 +47,12 @@ def _read(value: ImageInput) -> tuple[str, bytes]:
 
 
 def _request_parts(
-    image: ImageInput, mask: ImageInput | None, seed: int, format: str | None, quality: int | None
+    image: ImageInput,
+    mask: ImageInput | None,
+    seed: int,
+    format: str | None,
+    quality: int | None,
+    timeout_s: float | None = None,
 ) -> dict[str, Any]:
     files = {"image": _read(image)}
     if mask is not None:
@@ -57,6 +62,8 @@ def _request_parts(
         params["format"] = format
     if quality is not None:
         params["quality"] = quality
+    if timeout_s is not None:
+        params["timeout"] = timeout_s
     return {
         "files": {k: (name, data, "application/octet-stream") for k, (name, data) in files.items()},
         "params": params,
@@ -113,8 +120,11 @@ class Client:
         seed: int = 0,
         format: str | None = None,
         quality: int | None = None,
+        timeout_s: float | None = None,
     ) -> Restored:
-        return _result(self._http.post(f"/restore/{task}", **_request_parts(image, mask, seed, format, quality)))
+        """`timeout_s`: this request's own deadline on the server (504 `deadline_exceeded` past it)."""
+        parts = _request_parts(image, mask, seed, format, quality, timeout_s)
+        return _result(self._http.post(f"/restore/{task}", **parts))
 
     def tasks(self) -> list[dict[str, Any]]:
         return self._http.get("/tasks").raise_for_status().json()["tasks"]
@@ -156,8 +166,10 @@ class AsyncClient:
         seed: int = 0,
         format: str | None = None,
         quality: int | None = None,
+        timeout_s: float | None = None,
     ) -> Restored:
-        parts = _request_parts(image, mask, seed, format, quality)
+        """`timeout_s`: this request's own deadline on the server (504 `deadline_exceeded` past it)."""
+        parts = _request_parts(image, mask, seed, format, quality, timeout_s)
         return _result(await self._http.post(f"/restore/{task}", **parts))
 
     async def tasks(self) -> list[dict[str, Any]]:

@@ -46,17 +46,26 @@ ERRORS: dict[str, ErrorKind] = {
         ErrorKind("unexpected_field", 422, "a form field this task does not take"),
         ErrorKind("undecodable_image", 422, "the image is truncated or corrupt"),
         ErrorKind("multi_frame_image", 422, "animated or multi-page images are not accepted"),
-        ErrorKind("decode_too_slow", 422, "the image is too costly to decode (time budget or scan count)"),
+        ErrorKind(
+            "decode_too_slow",
+            422,
+            "the image is too costly to decode (time budget, scan count, header flood)",
+        ),
+        ErrorKind("non_finite_image", 422, "the image holds NaN or infinite sample values"),
+        ErrorKind("shape_too_costly", 422, "the image is so thin that padding it multiplies the model's work"),
         ErrorKind("missing_mask", 422, "the task needs a `mask` part"),
         ErrorKind("bad_mask", 422, "the mask is undecodable or not the image's size"),
         ErrorKind("bad_parameter", 422, "a query parameter is invalid"),
+        ErrorKind("headers_too_large", 431, "the request headers exceed the size or count cap"),
         ErrorKind("client_closed_request", 499, "the client went away while the request was queued"),
         ErrorKind("internal_error", 500, "the model failed on this batch (or returned non-finite values)"),
         ErrorKind("queue_full", 503, "the task's queue is full; retry after Retry-After seconds"),
+        ErrorKind("too_many_connections", 503, "the server holds its cap of open connections; retry later"),
         ErrorKind("busy", 503, "uploads in flight hold the byte budget; retry after Retry-After seconds"),
         ErrorKind("out_of_memory", 503, "the device ran out of memory even for this request alone"),
         ErrorKind("device_failed", 503, "the accelerator is in an unrecoverable state; the process must restart"),
         ErrorKind("draining", 503, "the server is shutting down"),
+        ErrorKind("not_ready", 503, "the server is starting (its models are loading); retry after Retry-After seconds"),
         ErrorKind("deadline_exceeded", 504, "the request was not served within the deadline"),
     )
 }
@@ -69,6 +78,8 @@ class ServiceError(Exception):
     code: str
     message: str
     headers: dict[str, str] = field(default_factory=dict)
+    counted: bool = False
+    """Already counted in `diffir_rejected_total` by the layer that refused it (the batchers count theirs)."""
 
     def __post_init__(self) -> None:
         if self.code not in ERRORS:

@@ -24,6 +24,9 @@ PIXEL_BUCKETS = tuple(float(s * s) for s in (64, 128, 256, 512, 1024, 2048, 4096
 UNKNOWN_TASK = "_unknown"
 BATCHER_REASONS = ("queue_full", "draining", "deadline", "expired", "disconnected", "busy")
 """Reasons the batchers count; the handler adds the 4xx error codes of `service.errors`."""
+CONNECTION_REASONS = ("bad_request", "request_timeout", "headers_too_large", "too_many_connections")
+"""Refusals of the HTTP layer before a request reaches a route (`service.http.http_protocol`): no task is
+known yet, so they carry `task="_unknown"`."""
 
 
 def rejection_reasons() -> tuple[str, ...]:
@@ -126,6 +129,13 @@ class Metrics:
         self.device_healthy.set(1)
         self.ready = Gauge("diffir_ready", "1 when every task is loaded and warmed and not draining", registry=registry)
         self.ready.set(0)
+        for reason in CONNECTION_REASONS:
+            self.rejected.labels(UNKNOWN_TASK, reason)
+
+    def connection_refused(self, code: str) -> None:
+        """A connection-level refusal (`CONNECTION_REASONS`): bad framing, slow or oversized headers, too many
+        connections."""
+        self.rejected.labels(UNKNOWN_TASK, code).inc()
 
     def record_tuning(self, task: str, tuning: dict | None) -> None:
         """DIFFIR_BACKEND=auto: each candidate's tuning time (`service.runtime.autotune.Tuning`)."""

@@ -1,17 +1,18 @@
 """The request path, top to bottom: admission -> decode -> schedule -> run -> encode.
 
-`restore(state, request)` is the one pipeline; the HTTP route (`service.restore`) and the CLI
+`restore(state, request)` is the one pipeline; the HTTP route (`service.http.restore`) and the CLI
 (`service.cli`) both call it, so a file restored locally is byte-identical to the server's answer.
 
 1. Admission (cheap, no pixels): the task exists, the service is not draining or broken; the image
-   header passes the structural limits, the input and output pixel caps and the ICC cap, the output
+   header, read from the upload's first bytes only (a decode worker reads one that lies further),
+   passes the structural limits, the input and output pixel caps and the ICC cap, the output
    format can hold its sides; an inpaint mask's header has the image's size. The header's size
    decides, once, whether the image is restored whole (batched) or tile by tile, and so which
    deadline applies.
-2. Decode, in a worker process killed past its budget (`service.decoding`), in the small or large
+2. Decode, in a worker process killed past its budget (`service.intake.decoding`), in the small or large
    lane by header size; pixels come back at native depth and become float here.
 3. Schedule: the job joins its task's batcher (small) or large lane (tiled). Model work of every
-   task runs on one device queue where batches go before tiles (`service.device_queue`).
+   task runs on one device queue where batches go before tiles (`service.scheduling.device_queue`).
 4. Run, 5. encode in a thread.
 
 One deadline (from admission) covers steps 2-5: 504 `deadline_exceeded` when it passes. The
@@ -31,17 +32,19 @@ import numpy as np
 import torch
 from starlette.concurrency import run_in_threadpool
 
-from service.batcher import DeadlineExceeded, Disconnected, Draining, QueueFull
-from service.decoding import DecodeTimeout, WorkerCrashed
-from service.engine import Job
 from service.errors import ServiceError
-from service.faults import NonFiniteOutput, is_out_of_memory, is_sticky_device_error
 from service.imaging import choose_format, encode_image
-from service.imaging.decode import DecodedImage, DecodeLimits, ImageHeader, check_mask_header, read_header, to_float
+from service.imaging.decode import DecodedImage, DecodeLimits, ImageHeader, check_mask_header, to_float
 from service.imaging.formats import MAX_SIDE
+from service.intake.decoding import DecodeTimeout, WorkerCrashed
+from service.intake.headers import upload_header
 from service.library_warnings import request_fields
 from service.logs import log_event
 from service.runtime.base import Backend
+from service.scheduling.batcher import DeadlineExceeded, Disconnected, Draining, QueueFull
+from service.scheduling.cost import shape_refusal
+from service.scheduling.engine import Job
+from service.scheduling.faults import NonFiniteOutput, is_out_of_memory, is_sticky_device_error
 from service.settings import Settings
 from service.state import ServiceState, TaskRuntime
 
@@ -101,22 +104,26 @@ def _limits(state: ServiceState, scale: int) -> tuple[DecodeLimits, DecodeLimits
     return image, DecodeLimits(s.max_input_pixels, 1, None, s.max_jpeg_scans)
 
 
-def admit(state: ServiceState, req: RestoreRequest) -> Admitted:
-    """Step 1 (runs in a thread: it parses headers, never pixels)."""
+async def admit(state: ServiceState, req: RestoreRequest) -> Admitted:
+    """Step 1: headers, never pixels; each read from a bounded prefix, else by a decode worker
+    (`service.intake.headers`: the server process never walks a whole upload)."""
     rt = task_runtime(state, req.task, arriving=False)  # the caller accepted it (HTTP: before reading the body)
     info = rt.engine.info
     image_limits, mask_limits = _limits(state, info.scale)
-    header = read_header(req.image, image_limits, "image")
+    header = await upload_header(req.image, image_limits, "image", state.small_decoder)
     if info.needs_mask:
         if req.mask is None:
             raise ServiceError("missing_mask", "this task needs a `mask` file part (white = hole)")
         if not req.mask:
             raise ServiceError("missing_mask", "the mask part is empty")
-        check_mask_header(read_header(req.mask, mask_limits, "mask"), header)
+        check_mask_header(await upload_header(req.mask, mask_limits, "mask", state.small_decoder), header)
     fmt = choose_format(req.format, header.format)
     side = max(header.width, header.height) * info.scale
     if side > MAX_SIDE[fmt]:
         raise ServiceError("bad_parameter", f"{fmt} holds at most {MAX_SIDE[fmt]} px per side; the output has {side}")
+    refusal = shape_refusal(rt.engine.work(*header.size))  # cost by the padded work, not the pixel count
+    if refusal is not None:
+        raise ServiceError("shape_too_costly", refusal)
     tiled = rt.engine.tiles(*header.size)
     s = state.settings
     deadline_s = s.tiled_deadline_s if tiled else s.deadline_s
@@ -135,6 +142,8 @@ async def _decode(state: ServiceState, req: RestoreRequest, ad: Admitted, budget
     try:
         (raw, holes), caught = await pool.run("upload", args, budget_s)
     except DecodeTimeout:
+        if budget_s < state.settings.decode_timeout_s:  # the request's deadline ran out, not the decode budget
+            raise ServiceError("deadline_exceeded", f"not answered within {ad.deadline_s:g} s") from None
         raise ServiceError(
             "decode_too_slow", f"decoding did not finish within its budget of {budget_s:.3g} s"
         ) from None
@@ -170,19 +179,20 @@ def _model_failure(exc: Exception, state: ServiceState) -> ServiceError:
     if is_out_of_memory(exc):
         return ServiceError("out_of_memory", "the device ran out of memory for this request alone", retry)
     if isinstance(exc, NonFiniteOutput):
-        return ServiceError("internal_error", "the model returned non-finite values for this batch")
+        return ServiceError("internal_error", "the model returned non-finite values (NaN or inf) for this image")
     return ServiceError("internal_error", "restoring this request failed (its batch failed in the model)")
 
 
 def _queue_error(exc: Exception, state: ServiceState) -> ServiceError:
+    """The batcher's refusal as a `ServiceError`; the batcher has counted it already."""
     retry = {"Retry-After": str(state.settings.retry_after_s)}
     if isinstance(exc, QueueFull):
-        return ServiceError("queue_full", str(exc), retry)
+        return ServiceError("queue_full", str(exc), retry, counted=True)
     if isinstance(exc, Draining):
-        return ServiceError("draining", str(exc), retry)
+        return ServiceError("draining", str(exc), retry, counted=True)
     if isinstance(exc, DeadlineExceeded):
-        return ServiceError("deadline_exceeded", str(exc))
-    return ServiceError("client_closed_request", str(exc))
+        return ServiceError("deadline_exceeded", str(exc), counted=True)
+    return ServiceError("client_closed_request", str(exc), counted=True)
 
 
 async def restore(state: ServiceState, req: RestoreRequest) -> RestoreResult:
@@ -200,7 +210,7 @@ async def restore(state: ServiceState, req: RestoreRequest) -> RestoreResult:
             on_the_way = False
 
     try:
-        ad = await run_in_threadpool(admit, state, req)
+        ad = await admit(state, req)
     except BaseException:
         queued()
         raise

@@ -11,20 +11,24 @@ Every setting (environment variable, default, meaning):
 | `DIFFIR_BACKEND` | `auto` | `auto` (fastest candidate within 45 dB of fp32), `torch`, `torchscript`, `onnxruntime` |
 | `DIFFIR_PRECISION` | unset | `fp32`, `bf16`, `fp16` for torch (CPU: autocast); unset: fp32, or what `auto` picks |
 | `DIFFIR_CACHE_DIR` | unset | writable folder for first-use exports and `auto` choices (unset: XDG cache, else temp) |
+| `DIFFIR_PREPARED_DIR` | unset | read-only exports built ahead by `python -m service prepare` (the images set it) |
 | `DIFFIR_AUTOTUNE_SIZE` | `256` | output edge of the synthetic input `auto` times the candidates on |
-| `DIFFIR_TORCH_THREADS` | unset | intra-op threads for torch and ONNX Runtime (unset: library default) |
+| `DIFFIR_TORCH_THREADS` | unset | intra-op threads, torch and ONNX Runtime (unset: the CPU limit, else the default) |
 | `DIFFIR_MAX_BATCH_SIZE` | auto | most requests per model call; unset: 8 on CUDA, 1 on CPU (batching is slower there) |
 | `DIFFIR_MAX_WAIT_MS` | `5` | how long the oldest queued request waits for others to join its batch |
 | `DIFFIR_QUEUE_SIZE` | `32` | queued requests per task; beyond it: 503 `queue_full` with `Retry-After` |
-| `DIFFIR_MAX_QUEUED_PIXELS` | `67108864` | input pixels queued per task (bounds memory); 503 `queue_full` beyond |
+| `DIFFIR_MAX_QUEUED_PIXELS` | `67108864` | queued work per task, padded area × scale²; 503 `queue_full` beyond |
 | `DIFFIR_DECODE_CONCURRENCY` | `4` | decode worker processes for large uploads (plus 2 for small ones), on demand |
 | `DIFFIR_DECODE_TIMEOUT_S` | `10` | a decode worker still busy after this is killed: 422 `decode_too_slow` |
 | `DIFFIR_DECODE_MEMORY_MB` | `1536` | address-space limit of each decode worker; beyond it 413 `decode_too_large` |
 | `DIFFIR_SMALL_DECODE_PIXELS` | `262144` | uploads of at most this many pixels (header) use the small decode lane |
 | `DIFFIR_MAX_JPEG_SCANS` | `64` | JPEGs with more scans are refused before decoding: 422 `decode_too_slow` |
-| `DIFFIR_MAX_BATCH_PIXELS` | `16777216` | most input pixels in one model call (batches: capped by count and pixels) |
+| `DIFFIR_MAX_BATCH_PIXELS` | `16777216` | most padded area × scale² in one model call (also capped by count) |
 | `DIFFIR_MAX_UPLOAD_BYTES_IN_FLIGHT` | `268435456` | body bytes held by uploads being read/decoded; 503 `busy` beyond |
 | `DIFFIR_HEADER_TIMEOUT_S` | `10` | request headers not complete this long after the connection opened: closed |
+| `DIFFIR_MAX_HEADER_BYTES` | `32768` | request line and headers larger than this: 431 `headers_too_large`, closed |
+| `DIFFIR_MAX_HEADER_COUNT` | `100` | more request header fields than this: 431 `headers_too_large`, closed |
+| `DIFFIR_MAX_CONNECTIONS` | `1000` | more open connections than this: 503 `too_many_connections` at once, closed |
 | `DIFFIR_BODY_TIMEOUT_S` | `60` | a request body not complete within this many seconds: 408 `request_timeout` |
 | `DIFFIR_BODY_IDLE_TIMEOUT_S` | `10` | a request body that sends nothing for this many seconds: 408 `request_timeout` |
 | `DIFFIR_KEEP_ALIVE_S` | `5` | idle keep-alive connections are closed after this many seconds |
@@ -37,7 +41,7 @@ Every setting (environment variable, default, meaning):
 | `DIFFIR_MAX_OUTPUT_PIXELS` | `16777216` | output pixel cap (e.g. 1024² × 4 for `sr-x4`); 413 `output_too_large` |
 | `DIFFIR_TILE_SIZE` | `384` | tile edge (input pixels) for large images (`bench/results/tile_size-*.md`) |
 | `DIFFIR_TILE_OVERLAP` | `32` | overlap between neighbouring tiles (input pixels), blended with a linear feather |
-| `DIFFIR_TILE_THRESHOLD_PIXELS` | `1048576` | larger inputs are restored in tiles (one global IPR) |
+| `DIFFIR_TILE_THRESHOLD_PIXELS` | `1048576` | padded area × scale² above this: restored in tiles (one IPR) |
 | `DIFFIR_PRIOR_MAX_PIXELS` | `4194304` | a bare `artifact` (no checkpoint): larger tiled inputs get a downscaled IPR |
 | `DIFFIR_BUCKET_MULTIPLE` | `0` | pad sizes up to a multiple of this to batch more (0: the model's multiple) |
 | `DIFFIR_MASK_THRESHOLD` | `0.5` | a mask pixel is a hole when its luminance (× alpha) is at least this (0–1) |
@@ -62,6 +66,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -108,6 +113,7 @@ class Settings(BaseSettings):
     backend: BackendName = "auto"
     precision: Literal["fp32", "fp16", "bf16"] | None = None
     cache_dir: Path | None = None
+    prepared_dir: Path | None = None
     autotune_size: int = Field(256, ge=8, le=4096)
     torch_threads: int | None = Field(None, ge=1, le=256)
     max_batch_size: int | None = Field(None, ge=1, le=256)
@@ -123,6 +129,9 @@ class Settings(BaseSettings):
     max_batch_pixels: int = Field(4096 * 4096, ge=1)
     max_upload_bytes_in_flight: int = Field(256 * 1024 * 1024, ge=1024)
     header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_header_count: int = Field(100, ge=8, le=10_000)
+    max_connections: int = Field(1000, ge=1, le=1_000_000)
     body_timeout_s: float = Field(60.0, gt=0, le=3600)
     body_idle_timeout_s: float = Field(10.0, gt=0, le=3600)
     keep_alive_s: int = Field(5, ge=1, le=3600)
@@ -140,7 +149,7 @@ class Settings(BaseSettings):
     mask_threshold: float = Field(0.5, gt=0, le=1)
     png_compress_level: int = Field(3, ge=0, le=9)
     warmup_size: int = Field(64, ge=0, le=4096)
-    tasks: dict[str, TaskSettings] = Field(default_factory=dict)
+    tasks: Annotated[dict[str, TaskSettings], NoDecode] = Field(default_factory=dict)
     drain_seconds: float = Field(30.0, ge=0, le=3600)
     metrics_port: int | None = Field(None, ge=1, le=65535)
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
@@ -172,8 +181,11 @@ class Settings(BaseSettings):
     @field_validator("tasks", mode="before")
     @classmethod
     def _tasks(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = json.loads(value) if value.strip() else {}
+        if isinstance(value, str):  # parsed here, not by pydantic-settings, so that an error names the variable
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc})") from None
         if isinstance(value, dict):
             for name in value:
                 if not TASK_NAME.match(str(name)):
@@ -199,28 +211,51 @@ def unknown_variables(environ: dict[str, str]) -> list[str]:
     return notes
 
 
-def describe_validation_error(exc: Exception) -> str:
-    """One line naming the bad setting(s), for start-up failures (no traceback wall)."""
+SERVER_ONLY = (
+    "host",
+    "port",
+    "metrics_port",
+    "api_key",
+    "cors_origins",
+    "header_timeout_s",
+    "keep_alive_s",
+    "body_timeout_s",
+    "body_idle_timeout_s",
+    "drain_seconds",
+)
+"""Settings of the HTTP server alone: a local `diffir-restore` run opens no port and reads no
+request, so it ignores these variables (a stale `DIFFIR_PORT` must not stop it)."""
+
+
+def describe_validation_error(exc: Exception, flags: Mapping[str, str] | None = None) -> str:
+    """One line naming the bad setting(s), for start-up failures (no traceback wall). `flags` maps
+    a setting to the command-line flag that gave it, so an error blames the flag, not the variable."""
     errors = getattr(exc, "errors", None)
     if not callable(errors):
         return str(exc).splitlines()[0]
     parts = []
     for err in errors():
         loc = [str(p) for p in err.get("loc", ())]
-        name = "DIFFIR_" + loc[0].upper() if loc else "settings"
+        name = ((flags or {}).get(loc[0]) or "DIFFIR_" + loc[0].upper()) if loc else "settings"
         where = name + ("[" + ".".join(loc[1:]) + "]" if len(loc) > 1 else "")
         parts.append(f"{where}: {err.get('msg')}")
     return "invalid settings: " + "; ".join(parts)
 
 
-def load_settings(overrides: dict[str, Any]) -> Any:
-    """Settings from the environment plus CLI overrides, or `StartupError` with one line."""
+def load_settings(
+    overrides: dict[str, Any], *, flags: Mapping[str, str] | None = None, ignore: tuple[str, ...] = ()
+) -> Any:
+    """Settings from the environment plus CLI overrides (None: not given), or `StartupError` with one
+    line. `flags`: the flag behind each override, for that line; `ignore`: settings whose variables
+    are not read (their defaults apply)."""
     from pydantic import ValidationError
     from pydantic_settings import SettingsError
 
     from service.errors import StartupError
 
+    values = {name: Settings.model_fields[name].get_default(call_default_factory=True) for name in ignore}
+    values.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**values)
     except (ValidationError, SettingsError, ValueError) as exc:
-        raise StartupError(describe_validation_error(exc)) from None
+        raise StartupError(describe_validation_error(exc, flags)) from None

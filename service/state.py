@@ -1,48 +1,72 @@
 """The running service's parts: per-task engines and lanes, the device queue, the decode pools.
 
-Built inside the app factory's lifespan (no module-level state), or by the CLI: models are loaded,
-wired to their batchers and metrics, the decode workers are started, every task is warmed on the
-inference thread, and only then is the service ready. `service.pipeline` is the request path
-that uses these parts; this module only builds, starts, stops and reports on them.
+Built inside the app factory's lifespan (no module-level state), or by the CLI. The state exists
+before the models do: `boot` loads them in a worker thread (the port is already open, `/readyz`
+says what is loading), wires them to their batchers and metrics, starts the decode workers, warms
+every task on the inference thread, and only then is the service ready. Every step is reported
+through `service.startup` (log lines with durations, the `/readyz` body); a step that fails ends
+the start-up (`StartupProgress.fail`), it never leaves the service "not ready" forever.
+`service.pipeline` is the request path that uses these parts; this module only builds, starts,
+stops and reports on them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import logging
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
-from service.batcher import Batcher, BatcherHooks
-from service.bodies import UploadBudget
-from service.decoding import DecodePool
-from service.device_queue import LARGE, SMALL, DeviceQueue
-from service.engine import Engine, EngineLimits, Job
 from service.errors import StartupError
-from service.faults import is_out_of_memory, is_sticky_device_error
+from service.http.bodies import UploadBudget
+from service.intake.decoding import DecodePool
 from service.library_warnings import route_warnings_to_log
 from service.logs import log_event
 from service.metrics import Metrics
 from service.runtime.base import Backend
-from service.runtime.devices import configure_inference_thread
+from service.runtime.devices import configure_inference_thread, release_cached_memory
+from service.scheduling.batcher import Batcher, BatcherHooks
+from service.scheduling.device_queue import LARGE, SMALL, DeviceQueue
+from service.scheduling.engine import Engine, EngineLimits, Job
+from service.scheduling.faults import is_out_of_memory, is_sticky_device_error
+from service.scheduling.tiling import TilingCancelled
 from service.settings import Settings
-from service.tiling import TilingCancelled
+from service.startup import FAILED, READY, WARMING, StartupProgress, reporting, step
 
 SMALL_DECODE_WORKERS = 2
+T = TypeVar("T")
 DECODE_ALLOWANCE_S = 0.2
 """How long a tile may be held for small requests still decoding (on top of the batching window)."""
 
 
+def apply_thread_limit(settings: Settings) -> int | None:
+    """Intra-op threads from DIFFIR_TORCH_THREADS or the container's CPU limit (`service.runtime.threads`)."""
+    from service.runtime.threads import choose_threads
+
+    choice = choose_threads(settings.torch_threads)
+    if choice.threads is not None:
+        torch.set_num_threads(choice.threads)
+    log_event("threads", threads=torch.get_num_threads(), source=choice.source)
+    return choice.threads
+
+
 def load_backends(settings: Settings) -> dict[str, Backend]:
-    """Load every configured task's model (synchronously); the first problem raises `StartupError`."""
+    """Load every configured task's model (synchronously); the first problem raises `StartupError`.
+
+    Each task is a start-up step ("loading task 2 of 3 (sr-x4)"), with the tuning and exports inside it.
+    """
     from service.runtime.devices import resolve_device
     from service.runtime.loader import default_task_settings, load_backend
 
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
+    apply_thread_limit(settings)
     try:
         device = resolve_device(settings.device)
     except RuntimeError as exc:
@@ -50,7 +74,27 @@ def load_backends(settings: Settings) -> dict[str, Backend]:
     specs = settings.tasks or default_task_settings()
     if not specs:
         raise StartupError("no tasks configured (DIFFIR_TASKS is an empty object)")
-    return {name: load_backend(name, spec, settings, device) for name, spec in specs.items()}
+    loaded = {}
+    for i, (name, spec) in enumerate(specs.items(), 1):
+        with step("load", f"loading task {i} of {len(specs)} ({name})", task=name, index=i, of=len(specs)):
+            loaded[name] = load_backend(name, spec, settings, device)
+    return loaded
+
+
+def precheck(settings: Settings) -> None:
+    """The faults found in milliseconds (no device, a missing model file), as one `StartupError` line
+    before serving; everything slower is found by `load_backends` while the port already answers."""
+    from service.runtime.devices import resolve_device
+    from service.runtime.loader import check_sources, default_task_settings
+
+    try:
+        resolve_device(settings.device)
+    except RuntimeError as exc:
+        raise StartupError(str(exc)) from None
+    specs = settings.tasks or default_task_settings()
+    if not specs:
+        raise StartupError("no tasks configured (DIFFIR_TASKS is an empty object)")
+    check_sources(specs)
 
 
 def batch_size_for(settings: Settings, backend: Backend) -> int:
@@ -62,6 +106,32 @@ def batch_size_for(settings: Settings, backend: Backend) -> int:
     if settings.max_batch_size is not None:
         return settings.max_batch_size
     return 8 if backend.provider.lower().startswith("cuda") else 1
+
+
+async def in_daemon_thread(fn: Callable[[], T]) -> T:
+    """`fn()` on a thread of its own that does not hold the process up at exit: a stop signal while a model
+    loads ends the process at once (the loop's own executor would wait for the load to finish first)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not done.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            result = context.run(fn)
+        except BaseException as exc:  # handed to the awaiting coroutine
+            error = exc
+            outcome = lambda: done.set_exception(error)  # noqa: E731
+        else:
+            outcome = lambda: done.set_result(result)  # noqa: E731
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="diffir-load", daemon=True).start()
+    return await done
 
 
 @dataclass
@@ -87,14 +157,21 @@ class TaskRuntime:
 
 
 class ServiceState:
-    def __init__(self, settings: Settings, metrics: Metrics, backends: dict[str, Backend]) -> None:
+    """`backends` already loaded (tests, the local CLI), or None: `boot` loads them after the port opened."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, backends: dict[str, Backend] | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.startup = StartupProgress()
+        self.loaded = False
+        """True once every task's model is loaded and wired (`tasks` is complete)."""
+        self._running = False
         route_warnings_to_log()
         self.executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="diffir-infer", initializer=configure_inference_thread
         )
         self.warmed = False
+        self._warm_error: str | None = None
         self.draining = False
         self.device_error: str | None = None
         """Set after a sticky accelerator fault: health and readiness report it, requests get 503."""
@@ -125,17 +202,30 @@ class ServiceState:
             settings.bucket_multiple,
             settings.prior_max_pixels,
         )
+        self._limits = limits
+        for lane in ("small", "large"):
+            metrics.decode_queue.labels(lane).set(0)
+        if backends is not None:
+            self.add_tasks(backends)
+
+    def add_tasks(self, backends: dict[str, Backend]) -> None:
+        """Wire loaded models to their engines, lanes and metrics (lanes start at once when the state runs)."""
+        metrics = self.metrics
         for name, backend in backends.items():
-            engine = Engine(name, backend, limits)
-            self.tasks[name] = TaskRuntime(name, engine, self._batcher(engine), self._batcher(engine, large=True))
+            engine = Engine(name, backend, self._limits)
+            rt = TaskRuntime(name, engine, self._batcher(engine), self._batcher(engine, large=True))
+            self.tasks[name] = rt
             metrics.model_info.labels(
                 name, backend.info.variant, backend.name, backend.provider, backend.info.version
             ).set(1)
             metrics.record_tuning(name, getattr(backend, "tuning", None))
             metrics.queue_depth.labels(name).set(0)
             metrics.init_task(name)
-        for lane in ("small", "large"):
-            metrics.decode_queue.labels(lane).set(0)
+            if self._running:
+                rt.batcher.start()
+                rt.large.start()
+        self.loaded = True
+        self.startup.set_phase(WARMING)
 
     def _batcher(self, engine: Engine, large: bool = False) -> Batcher[Job, torch.Tensor]:
         m, name, backend = self.metrics, engine.name, engine.backend.name
@@ -196,7 +286,7 @@ class ServiceState:
                 max_batch_size=1,
                 max_wait_s=0.0,
                 queue_size=s.large_queue_size,
-                cost=lambda job: job.size[0] * job.size[1],
+                cost=engine.cost,
                 max_queued_cost=s.max_queued_pixels,
                 hooks=hooks,
             )
@@ -206,7 +296,7 @@ class ServiceState:
             max_batch_size=batch_size_for(s, engine.backend),
             max_wait_s=s.max_wait_ms / 1000,
             queue_size=s.queue_size,
-            cost=lambda job: job.size[0] * job.size[1],
+            cost=engine.cost,
             max_queued_cost=s.max_queued_pixels,
             max_batch_cost=s.max_batch_pixels,
             hooks=hooks,
@@ -222,7 +312,13 @@ class ServiceState:
             raise
 
     async def _run_small(self, engine: Engine, jobs: list[Job]) -> list[torch.Tensor]:
-        """One batch; out of memory retries it in halves (a single request that does not fit fails)."""
+        """One batch; out of memory retries it in halves (a single request that does not fit fails).
+
+        The halves run after the `except` block, not inside it: while an exception is handled, its
+        traceback keeps the failed call's frames, and with them the failed batch's activations, alive.
+        Between the failure and the halves `release_cached_memory` collects what the failure left in reference
+        cycles (the device queue's future holds the traceback too) and empties the CUDA cache, on the
+        inference thread, so the halves start from free memory."""
         try:
             outputs = await self._on_device(engine.run_batch, jobs, priority=SMALL)
             for job in jobs:
@@ -231,9 +327,10 @@ class ServiceState:
         except Exception as exc:
             if not is_out_of_memory(exc) or len(jobs) == 1:
                 raise
-            log_event("out of memory; retrying the batch in halves", logging.WARNING, task=engine.name, batch=len(jobs))
-            half = len(jobs) // 2
-            return [*await self._run_small(engine, jobs[:half]), *await self._run_small(engine, jobs[half:])]
+        log_event("out of memory; retrying the batch in halves", logging.WARNING, task=engine.name, batch=len(jobs))
+        await self._on_device(release_cached_memory, priority=SMALL)
+        half = len(jobs) // 2
+        return [*await self._run_small(engine, jobs[:half]), *await self._run_small(engine, jobs[half:])]
 
     def mark_device_failed(self, exc: BaseException) -> None:
         if self.device_error is None:
@@ -256,36 +353,86 @@ class ServiceState:
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
+        self._running = True
         self.device.start()
         for rt in self.tasks.values():
             rt.batcher.start()
             rt.large.start()
         self._decoders_started = asyncio.get_running_loop().create_task(self._start_decoders())
 
+    async def boot(self) -> bool:
+        """Load the models (unless given), warm every task, turn ready; False (logged, `startup.error`) on
+        the first failure. Start-up lines every few seconds meanwhile (`StartupProgress.start_heartbeat`)."""
+        self.startup.start_heartbeat()
+        try:
+            if not self.loaded:
+
+                def load() -> dict[str, Backend]:
+                    with reporting(self.startup):
+                        return load_backends(self.settings)
+
+                try:
+                    backends = await in_daemon_thread(load)
+                except StartupError as exc:
+                    self.startup.fail(str(exc))
+                    return False
+                except Exception as exc:  # a bug rather than a bad model: still one line, never a hang
+                    self.startup.fail(f"{type(exc).__name__}: {exc}")
+                    return False
+                self.add_tasks(backends)
+            self.startup.set_phase(WARMING)
+            if not await self.warm_up():
+                self.startup.fail(self._warm_error or "warm-up failed")
+                return False
+            if self.ready:
+                self.startup.ready()
+            return True
+        finally:
+            self.startup.stop_heartbeat()
+
+    @property
+    def startup_failed(self) -> bool:
+        return self.startup.phase == FAILED
+
     async def _start_decoders(self) -> None:
         await asyncio.gather(self.small_decoder.start(), self.large_decoder.start())
 
-    async def warm_up(self) -> None:
-        """Start the decode workers, then warm every task at batch 1 and at the max batch."""
+    async def warm_up(self) -> bool:
+        """Start the decode workers, then warm every task at batch 1 and at the max batch; False on a failure."""
+        self._warm_error = None
         if self._decoders_started is not None:
             try:
                 await self._decoders_started
             except Exception as exc:
+                self._warm_error = f"decode workers failed to start: {exc!r}"
                 log_event("decode workers failed to start; the service stays not ready", 40, error=repr(exc))
-                return
+                return False
         size = self.settings.warmup_size
-        for rt in self.tasks.values():
+        for i, rt in enumerate(self.tasks.values(), 1):
             started = time.perf_counter()
             batches = (1, rt.batcher.max_batch_size)
             try:
-                await self._on_device(rt.engine.warmup, size, batches, priority=SMALL)
+                with self.startup.step("warm", f"warming task {i} of {len(self.tasks)} ({rt.name})", task=rt.name):
+                    await self._on_device(rt.engine.warmup, size, batches, priority=SMALL)
             except Exception as exc:  # stay not-ready (readyz never lies) and say why
+                self._warm_error = f"warm-up of task {rt.name!r} failed: {exc!r}"
                 log_event("warm-up failed; the service stays not ready", 40, task=rt.name, error=repr(exc))
-                return
+                return False
             log_event("warmed", task=rt.name, seconds=round(time.perf_counter() - started, 3))
         self.warmed = True
         if not self.draining and self.healthy:
             self.metrics.ready.set(1)
+        return True
+
+    def readiness(self) -> dict[str, object]:
+        """The `/readyz` body: "ready", or what the service is doing instead (start-up progress, drain, fault)."""
+        if self.ready:
+            return {"status": READY}
+        if self.device_error is not None:
+            return {"status": "device_failed", "error": self.device_error}
+        if self.draining:
+            return {"status": "draining"}
+        return self.startup.snapshot()
 
     async def stop(self) -> None:
         self.set_draining()

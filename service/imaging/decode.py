@@ -3,7 +3,7 @@
 Two passes. `read_header` (cheap, in the server process): allow-listed signature -> structural
 limits on the raw bytes (`containers`) -> header only (`Image.open` is lazy) -> one frame -> input
 and output pixel caps and the ICC profile size -> EXIF orientation. `decode_pixels` (costly, in a
-budgeted worker process, see `service.decoding`) decodes into native-depth arrays, which
+budgeted worker process, see `service.intake.decoding`) decodes into native-depth arrays, which
 `to_float` turns into the model's float input. Nothing is decoded for a file that the header
 already disqualifies, so a tiny file declaring 50,000 x 50,000 pixels costs microseconds.
 
@@ -199,7 +199,18 @@ def _rawmode(im: Image.Image) -> str:
     return args if isinstance(args, str) else str(args[0]) if args else ""
 
 
-def _to_arrays(im: Image.Image, data: bytes, fmt: str, wide: bool) -> tuple[np.ndarray, np.ndarray | None, bool, int]:
+def _finite_samples(arr: np.ndarray, what: str) -> np.ndarray:
+    """Float samples clipped to [0, 1]; NaN or infinity is refused (`np.clip` keeps NaN, which would
+    reach the model and make its whole output non-finite)."""
+    bad = np.size(arr) - int(np.count_nonzero(np.isfinite(arr)))
+    if bad:
+        raise ServiceError("non_finite_image", f"the {what} holds {bad} NaN or infinite sample(s)")
+    return np.clip(arr, 0, 1, out=arr if arr.flags.writeable else None)
+
+
+def _to_arrays(
+    im: Image.Image, data: bytes, fmt: str, wide: bool, what: str = "image"
+) -> tuple[np.ndarray, np.ndarray | None, bool, int]:
     """(grey-or-rgb native array (H, W, 1|3), alpha, grey, depth) for every supported mode."""
     mode = im.mode
     if wide:
@@ -212,7 +223,7 @@ def _to_arrays(im: Image.Image, data: bytes, fmt: str, wide: bool) -> tuple[np.n
     if mode == "I":
         return np.clip(np.asarray(im), 0, 65535).astype(np.uint16)[..., None], None, True, 16
     if mode == "F":
-        return np.clip(np.asarray(im, dtype=np.float32), 0, 1)[..., None], None, True, 16
+        return _finite_samples(np.asarray(im, dtype=np.float32), what)[..., None], None, True, 16
     if mode in ("1", "L"):
         return np.asarray(im.convert("L"))[..., None], None, True, 8
     if mode in ("LA", "La"):
@@ -258,7 +269,7 @@ def decode_pixels(data: bytes, limits: DecodeLimits, what: str = "image") -> Raw
         if im.mode == "CMYK":
             icc = None  # the profile describes CMYK; our output is RGB
         peak = 1.0 if im.mode == "F" else None
-        base, alpha, grey, depth = _to_arrays(im, data, fmt, wide)
+        base, alpha, grey, depth = _to_arrays(im, data, fmt, wide, what)
     except ServiceError:
         raise
     except Image.DecompressionBombError as exc:

@@ -7,8 +7,11 @@ never reach the PSD, EPS, ICO, SVG-adjacent or FITS parsers.
 
 from __future__ import annotations
 
+from service.params import OUTPUT_FORMATS
+
+__all__ = ["ALLOWED_FORMATS", "MAX_SIDE", "OUTPUT_FORMATS", "sniff_format"]
+
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "BMP")
-OUTPUT_FORMATS = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65_535, "webp": 16_383}
 """Largest width or height each output format can encode."""
 

@@ -200,8 +200,13 @@ async def test_scan_bombs_past_the_scan_limit_are_killed_at_their_budget(figures
             r = await c.post("/restore/deblur", content=data, headers={"content-type": content_type})
             return r, time.perf_counter() - started
 
-        bombs = [asyncio.ensure_future(timed(bomb, "image/jpeg")) for _ in range(4)]
-        await asyncio.sleep(0.3)  # the bombs hold every large-lane worker
+        large = live.state.large_decoder
+        bombs = [asyncio.ensure_future(timed(bomb, "image/jpeg")) for _ in range(large.size)]
+        for _ in range(int(budget / 0.01)):  # until the bombs hold every large-lane worker (all its slots taken)
+            if large._slots.locked():
+                break
+            await asyncio.sleep(0.01)
+        assert large._slots.locked(), "the bombs never held every large-lane decode worker"
         tiny, tiny_s = await timed(small, "image/png")
         answered = await asyncio.gather(*bombs)
         # 1 s on an idle machine (bench/request_path.py); the shared test machine runs at a load of ~12 on 2 cores,
@@ -253,6 +258,50 @@ async def test_non_finite_output_is_a_500_never_an_image() -> None:
         assert "non-finite" in r.json()["message"]
         backend.nan = False
         assert (await live.client.post("/restore/deblur", content=encode(gradient()), headers=PNG)).status_code == 200
+
+
+class NanForBlack(IdentityBackend):
+    """Identity, except that an all-black input comes back NaN: one bad member inside a batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def run(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        self.batches.append(lq.shape[0])
+        out = super().run(lq, noise)
+        out[lq.amax(dim=(1, 2, 3)) == 0] = float("nan")
+        return out
+
+
+async def test_a_non_finite_output_fails_only_its_own_request_in_a_batch(figures) -> None:
+    """Old: the non-finite output of one batch member failed the whole batch (11 of 12 innocent 500s)."""
+    backend = NanForBlack()
+    settings = identity_settings(tasks={"deblur": {}}, max_batch_size=12, max_wait_ms=2000)
+    good, bad = encode(gradient(32, 32)), encode(Image.new("RGB", (32, 32)))
+    async for live in start_app(settings, backends={"deblur": backend}):
+        bodies = [good] * 5 + [bad] + [good] * 6
+        rs = await asyncio.gather(*(live.client.post("/restore/deblur", content=b, headers=PNG) for b in bodies))
+    assert backend.batches == [12]  # all twelve in one model call
+    assert [r.status_code for r in rs] == [200] * 5 + [500] + [200] * 6
+    assert_error(rs[5], 500, "internal_error")
+    assert "this image" in rs[5].json()["message"]
+    assert {r.headers["x-batch-size"] for i, r in enumerate(rs) if i != 5} == {"12"}
+    figures.update(batch=12, answers={str(k): [r.status_code for r in rs].count(k) for k in (200, 500)})
+    record("non_finite_in_batch", figures)
+
+
+async def test_a_non_finite_input_sample_is_a_precise_422() -> None:
+    """Old: a float TIFF with one NaN passed decoding (`np.clip` keeps NaN) and reached the model."""
+    import numpy as np
+
+    values = np.full((16, 16), 0.5, dtype=np.float32)
+    values[3, 3] = float("nan")
+    data = encode(Image.fromarray(values, mode="F"), "TIFF")
+    async for live in start_app(identity_settings(tasks={"deblur": {}}), backends={"deblur": NanForBlack()}):
+        r = await live.client.post("/restore/deblur", content=data, headers={"content-type": "image/tiff"})
+    body = assert_error(r, 422, "non_finite_image")
+    assert "NaN or infinite" in body["message"]
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 from models.tasks import TASKS
-from service.app import WEB_DIR, create_app
+from service.http.app import WEB_DIR, create_app
 from service.metrics import rejection_reasons
 from tests.reliability.hostile import noise_image, png_declaring, truncated
 from tests.service.conftest import encode, gradient, make_settings, start_app
@@ -107,10 +107,14 @@ def test_pickled_payload_checkpoint_is_refused_at_startup(tmp_path: Path, checkp
         env = env_for(checkpoints, DIFFIR_TASKS=json.dumps(tasks))
         cmd = [sys.executable, "-m", "service", "--port", str(free_port())]
         done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
-        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        # The port opens first and the models load behind it: the refusal is the JSON "start-up failed"
+        # line, then exit 1 (never a traceback, never "ready").
         assert done.returncode == 1, done.stderr
-        assert len(lines) == 1 and lines[0].startswith("diffir-serve: cannot start:"), done.stderr
-        assert path.name in lines[0] and "weights-only" in lines[0], lines
+        assert "Traceback" not in done.stderr, done.stderr
+        events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+        failed = [e for e in events if e.get("msg") == "start-up failed"]
+        assert len(failed) == 1, done.stderr
+        assert path.name in failed[0]["error"] and "weights-only" in failed[0]["error"], failed
         assert not marker.exists(), "the pickled payload ran"
 
 

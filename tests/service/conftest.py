@@ -89,7 +89,7 @@ class LiveApp:
 async def start_app(settings: Settings, **kwargs: object) -> AsyncIterator[LiveApp]:
     from contextlib import AsyncExitStack
 
-    from service.app import create_app
+    from service.http.app import create_app
 
     app = create_app(settings, **kwargs)  # type: ignore[arg-type]
     async with AsyncExitStack() as stack:

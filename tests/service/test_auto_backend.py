@@ -241,7 +241,7 @@ def test_the_windowed_prior_is_exact(checkpoints) -> None:
 
 def test_cuda_onnx_backends_get_coarser_shape_buckets(checkpoints) -> None:
     """Fewer distinct shapes reach cuDNN: the backend's bucket multiple applies unless the setting is given."""
-    from service.engine import Engine, EngineLimits, Job
+    from service.scheduling.engine import Engine, EngineLimits, Job
 
     backend = TorchBackend(checkpoints["deblur"], None, CPU)
     job = Job(torch.rand(1, 3, 40, 24), None, seed=0)

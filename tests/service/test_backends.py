@@ -248,7 +248,7 @@ def test_every_setting_is_documented() -> None:
 
 
 def test_exported_backend_tiles_with_a_bounded_prior(checkpoints, artifacts) -> None:
-    from service.engine import Engine, EngineLimits, Job
+    from service.scheduling.engine import Engine, EngineLimits, Job
 
     onnx = OnnxBackend(find_graphs(artifacts["onnx"]["full"]), CPU)
     eager = TorchBackend(checkpoints["deblur"], None, CPU)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from service.batcher import Batcher, BatcherHooks, DeadlineExceeded, Disconnected, Draining, QueueFull
+from service.scheduling.batcher import Batcher, BatcherHooks, DeadlineExceeded, Disconnected, Draining, QueueFull
 
 pytestmark = pytest.mark.anyio
 
@@ -199,4 +199,21 @@ async def test_queued_cost_cap_refuses_but_never_starves_a_lone_request() -> Non
     model.release.set()
     await asyncio.wait_for(asyncio.gather(running, huge), 5)
     assert (await asyncio.wait_for(b.submit(60, deadline_s=10), 5))[0] == ("out", 60)
+    await b.close(1)
+
+
+async def test_an_exception_returned_for_one_item_fails_that_request_alone() -> None:
+    """Old: one bad output (a non-finite image) failed every request of its batch."""
+
+    async def run(items: list[object]) -> list[object]:
+        return [ValueError(f"bad {i}") if i == 2 else ("out", i) for i in items]
+
+    b = Batcher(run, key=lambda item: "k", max_batch_size=4, max_wait_s=30.0, queue_size=16)
+    b.start()
+    results = await asyncio.wait_for(
+        asyncio.gather(*(b.submit(i, deadline_s=10) for i in range(4)), return_exceptions=True), 5
+    )
+    assert [r if isinstance(r, Exception) else r[0] for r in results][:2] == [("out", 0), ("out", 1)]
+    assert isinstance(results[2], ValueError) and str(results[2]) == "bad 2"
+    assert results[3][0] == ("out", 3)  # type: ignore[index]
     await b.close(1)

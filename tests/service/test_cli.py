@@ -89,8 +89,9 @@ def test_tile_flag_tiles_and_device_flag_is_checked(tmp_path: Path, tasks_env, c
     assert a.size == b.size == (96, 80)
     assert a.tobytes() != b.tobytes()  # 48-pixel tiles: the restoration really went tile by tile
     capsys.readouterr()
-    assert main(["deblur", str(image), "-o", str(tmp_path / "x"), "--device", "tpu"]) == 1
-    assert "DIFFIR_DEVICE" in capsys.readouterr().err
+    assert main(["deblur", str(image), "-o", str(tmp_path / "x"), "--device", "gpu"]) == 1
+    err = capsys.readouterr().err
+    assert "--device: " in err and "not 'gpu'" in err and "DIFFIR_DEVICE" not in err, err  # the flag, not the variable
 
 
 @pytest.mark.parametrize("command", [["restore", "--help"], ["--help"]])
@@ -98,3 +99,53 @@ def test_python_m_service_help_exits_0(command: list[str]) -> None:
     done = subprocess.run([sys.executable, "-m", "service", *command], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout
+    if command == ["--help"]:  # the installed command's name, and where the other commands are
+        assert done.stdout.startswith("usage: diffir-serve ") and "diffir-serve restore TASK" in done.stdout
+
+
+# --- messages a user can act on ---------------------------------------------------------------------------------
+def test_bad_tasks_json_names_the_variable(tmp_path: Path, tasks_env, monkeypatch, capsys) -> None:
+    image = tmp_path / "a.png"
+    image.write_bytes(encode(gradient(16, 16)))
+    monkeypatch.setenv("DIFFIR_TASKS", "{not json")
+    assert main(["deblur", str(image), "-o", str(tmp_path / "out")]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("diffir-restore: invalid settings: DIFFIR_TASKS: ") and "not valid JSON" in line, line
+
+
+def test_a_stale_server_setting_does_not_stop_a_local_run(tmp_path: Path, tasks_env, monkeypatch, capsys) -> None:
+    """A local run opens no port: DIFFIR_PORT=abc (or any other server-only variable) is not its concern."""
+    image = tmp_path / "a.png"
+    image.write_bytes(encode(gradient(16, 16)))
+    monkeypatch.setenv("DIFFIR_PORT", "abc")
+    monkeypatch.setenv("DIFFIR_METRICS_PORT", "abc")
+    monkeypatch.setenv("DIFFIR_BACKEND", "torch")
+    assert main(["deblur", str(image), "-o", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "out" / "a.png").is_file()
+
+
+def test_an_unreachable_server_is_named(tmp_path: Path, capsys) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    image = tmp_path / "a.png"
+    image.write_bytes(encode(gradient(16, 16)))
+    assert main(["deblur", str(image), "-o", str(tmp_path / "out"), "--server", url]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"diffir-restore: cannot reach the server at {url}: "), line
+
+
+def test_existing_outputs_are_counted_in_plain_words(tmp_path: Path, capsys) -> None:
+    src = _tree(tmp_path)
+    out = tmp_path / "out"
+    (out / "a").mkdir(parents=True)
+    (out / "a" / "x.png").write_bytes(b"old")
+    assert main(["deblur", str(src / "a" / "x.png"), "-o", str(out / "a")]) == 2
+    assert f"diffir-restore: {out / 'a' / 'x.png'} already exists; pass --overwrite" in capsys.readouterr().err
+    (out / "b").mkdir()
+    for name in ("x.png", "x.jpg"):
+        (out / "b" / name).write_bytes(b"old")
+    assert main(["deblur", str(src), "-o", str(out)]) == 2
+    assert "diffir-restore: 3 outputs already exist: " in capsys.readouterr().err

@@ -33,6 +33,9 @@ def env_for(checkpoints: dict[str, Path], **extra: str) -> dict[str, str]:
         DIFFIR_TASKS=json.dumps({name: {"checkpoint": str(path)} for name, path in checkpoints.items()}),
         DIFFIR_WARMUP_SIZE="16",
         DIFFIR_LOG_JSON="true",
+        # These tests are about serving, not about choosing a backend: `auto` would time and export every
+        # checkpoint first (tests/service/test_auto_backend.py covers that).
+        DIFFIR_BACKEND="torch",
         PYTHONPATH=str(ROOT),
     )
     env.update(extra)
@@ -129,7 +132,7 @@ def test_end_to_end_over_http(server: Server) -> None:
     [
         ({"DIFFIR_TASKS": json.dumps({"deblur": {"checkpoint": "/nonexistent/x.safetensors"}})}, 1, "not found"),
         ({"DIFFIR_MAX_BATCH_SIZE": "0"}, 2, "DIFFIR_MAX_BATCH_SIZE"),
-        ({"DIFFIR_TASKS": "{not json"}, 2, "tasks"),
+        ({"DIFFIR_TASKS": "{not json"}, 2, "DIFFIR_TASKS: Value error, not valid JSON"),
     ],
 )
 def test_startup_faults_are_one_line(checkpoints, extra: dict, status: int, needle: str) -> None:
@@ -174,7 +177,7 @@ async def test_client_gone_while_queued_is_not_computed(checkpoints) -> None:
 
     import uvicorn
 
-    from service.app import create_app
+    from service.http.app import create_app
     from service.runtime.devices import resolve_device
     from service.runtime.torch_backend import TorchBackend
     from tests.service.conftest import GatedBackend, make_settings

@@ -17,10 +17,10 @@ import torch
 
 import service.runtime.torch_backend as torch_backend
 from models.sizing import pad_to_multiple
-from service.engine import Engine, EngineLimits, Job
 from service.runtime.devices import resolve_device
 from service.runtime.torch_backend import TorchBackend
-from service.tiling import ramp, restore_tiled, tile_starts
+from service.scheduling.engine import Engine, EngineLimits, Job
+from service.scheduling.tiling import ramp, restore_tiled, tile_starts
 from tests.service.conftest import decode, encode, make_settings, start_app
 
 MAX_ABS, MEAN_ABS = 1e-2, 3e-4
@@ -155,6 +155,8 @@ async def test_abandoned_tiled_request_stops_early() -> None:
 
 @pytest.mark.anyio
 async def test_small_requests_run_between_the_tiles_of_a_large_one() -> None:
+    """A small request sent once the large image's tiles have started is computed before its last tile: the
+    backend's own call log shows tiles both before and after the small request's model call."""
     import asyncio
     import time
 
@@ -164,14 +166,26 @@ async def test_small_requests_run_between_the_tiles_of_a_large_one() -> None:
     from tests.service.conftest import IdentityBackend
 
     class SlowTiles(IdentityBackend):
+        """Logs every model call in order: `tile` (0.1 s each) or `small` (a whole small request)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.log: list[str] = []
+
+        def run(self, lq: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+            self.log.append("small")
+            return IdentityBackend.restore(self, lq, noise)
+
         def restore(self, lq: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+            self.log.append("tile")
             time.sleep(0.1)
             return super().restore(lq, ipr)
 
+    backend = SlowTiles()
     settings = Settings(
         tasks={"deblur": {}}, warmup_size=0, tile_size=48, tile_overlap=8, tile_threshold_pixels=1000, max_wait_ms=0
     )
-    async for live in start_app(settings, backends={"deblur": SlowTiles()}):
+    async for live in start_app(settings, backends={"deblur": backend}):
         finished: dict[str, float] = {}
 
         async def post(name: str, data: bytes, client=live.client, done=finished) -> int:
@@ -180,9 +194,15 @@ async def test_small_requests_run_between_the_tiles_of_a_large_one() -> None:
             return r.status_code
 
         big = asyncio.ensure_future(post("big", encode(Image.new("RGB", (120, 96), (9, 9, 9)))))  # 9 tiles
-        await asyncio.sleep(0.25)
-        assert await post("small", encode(Image.new("RGB", (30, 30), (1, 2, 3)))) == 200  # 900 px: not tiled
+        for _ in range(500):  # until the first tile is in the model (not a guess at how long that takes)
+            if "tile" in backend.log:
+                break
+            await asyncio.sleep(0.01)
+        assert "tile" in backend.log, "the large image never reached the model"
+        assert await post("small", encode(Image.new("RGB", (24, 24), (1, 2, 3)))) == 200  # 576 px (padded): not tiled
         assert await big == 200
+        assert backend.log.count("tile") == 9 and backend.log.count("small") == 1, " ".join(backend.log)
+        assert "tile" in backend.log[backend.log.index("small") :], backend.log  # tiles were left when it ran
         assert finished["small"] < finished["big"]
         assert live.state.tasks["deblur"].depth == 0
 
@@ -213,8 +233,8 @@ async def test_small_requests_run_between_the_prior_units_of_a_large_one() -> No
 
     from PIL import Image
 
+    from service.scheduling.tiling import KnownPrior
     from service.settings import Settings
-    from service.tiling import KnownPrior
     from tests.service.conftest import IdentityBackend
 
     class SlowPrior(KnownPrior):
@@ -249,8 +269,8 @@ async def test_small_requests_run_between_the_prior_units_of_a_large_one() -> No
         )
         assert await asyncio.to_thread(backend.started.wait, 30)
         r = await live.client.post(
-            "/restore/deblur", content=encode(Image.new("RGB", (30, 30), (1, 2, 3))), headers=png
-        )
+            "/restore/deblur", content=encode(Image.new("RGB", (24, 24), (1, 2, 3))), headers=png
+        )  # 24 x 24 pads to itself, under the threshold (30 x 30 pads to 1024: tiled)
         assert r.status_code == 200
         assert backend.prior_steps < SlowPrior.units, backend.prior_steps  # answered inside the prior
         assert (await big).status_code == 200

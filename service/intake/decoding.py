@@ -50,7 +50,7 @@ def _context() -> Any:
     global _CONTEXT
     if _CONTEXT is None:
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["service.decode_jobs"])
+        ctx.set_forkserver_preload(["service.intake.decode_jobs"])
         _CONTEXT = ctx
     return _CONTEXT
 
@@ -59,7 +59,7 @@ def _serve(conn: Connection, memory_bytes: int | None, niceness: int) -> None:
     """Worker main loop: (job name, args) in, ("ok", result, warnings) or ("error", code, text, warnings) out."""
     import resource
 
-    from service import decode_jobs
+    from service.intake import decode_jobs
 
     if niceness:
         os.nice(niceness)

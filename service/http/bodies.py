@@ -1,8 +1,8 @@
 """Read a request body under a byte cap, a time limit and a shared byte budget; split it into parts.
 
 The cap is enforced twice: from `Content-Length` before reading anything, and while streaming
-(chunked bodies, lying headers). Compressed bodies (`Content-Encoding: gzip`, ...) are refused
-outright, so nothing can inflate past the cap. A body that stalls (nothing for
+(chunked bodies, lying headers). Compressed bodies (`Content-Encoding: gzip`, ..., or a transfer
+coding other than `chunked`) are refused outright, so nothing can inflate past the cap. A body that stalls (nothing for
 `body_idle_timeout_s`) or drags (not complete within `body_timeout_s`) gets 408; a client that
 leaves mid-body is `ClientGone` (499, never a 500). Every byte held by an upload being read or
 decoded is reserved in the process-wide `UploadBudget` first, so stalled uploads cannot pin
@@ -17,6 +17,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from python_multipart.multipart import parse_options_header
 from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
@@ -83,10 +84,24 @@ def _timeout(message: str) -> ServiceError:
     return ServiceError("request_timeout", message, {"Connection": "close"})
 
 
-async def read_body(request: Request, limits: BodyLimits, upload: Upload) -> bytes:
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+def check_codings(headers: Headers) -> None:
+    """415 `unsupported_encoding` for a compressed body: any `Content-Encoding` but identity, and any transfer
+    coding but `chunked` (`Transfer-Encoding: gzip, chunked` would otherwise be de-chunked and its gzip
+    ignored). RFC 9112 suggests 501 for a transfer coding a server does not implement; the refusal is the
+    client's to fix, so it gets the same 4xx as a compressed `Content-Encoding`."""
+    encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise ServiceError("unsupported_encoding", f"Content-Encoding {encoding!r} is not accepted; send the raw bytes")
+    codings = [c.strip().lower() for value in headers.getlist("transfer-encoding") for c in value.split(",")]
+    if any(c != "chunked" for c in codings):
+        raise ServiceError(
+            "unsupported_encoding",
+            f"Transfer-Encoding {', '.join(codings)!r} is not accepted; only `chunked` (send the raw bytes)",
+        )
+
+
+async def read_body(request: Request, limits: BodyLimits, upload: Upload) -> bytes:
+    check_codings(request.headers)
     declared = request.headers.get("content-length")
     max_bytes = limits.max_bytes
     if declared is not None:
@@ -146,11 +161,11 @@ async def split_body(headers: Headers, body: bytes, needs_mask: bool) -> tuple[b
 
 
 async def _split_multipart(headers: Headers, body: bytes, needs_mask: bool) -> tuple[bytes, bytes | None]:
-    content_type = headers.get("content-type", "")
-    if "boundary=" not in content_type:
+    _, params = parse_options_header(headers.get("content-type", ""))  # parameter names in any case
+    boundary = params.get(b"boundary", b"")
+    if not boundary:
         raise ServiceError("bad_multipart", "multipart/form-data without a boundary parameter")
-    boundary = content_type.split("boundary=", 1)[1].split(";")[0].strip().strip('"')
-    if f"--{boundary}--".encode("latin-1", "replace") not in body:
+    if b"--" + boundary + b"--" not in body:
         raise ServiceError("bad_multipart", "the multipart body has no closing delimiter (truncated?)")
     parser = MultiPartParser(headers, _replay(body), max_files=MAX_PARTS, max_fields=MAX_PARTS)
     try:

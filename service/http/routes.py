@@ -1,8 +1,10 @@
 """Thin read-only endpoints: `/healthz`, `/readyz`, `/tasks`, `/metrics` (GET and HEAD).
 
-`/healthz` is liveness: 503 after a sticky accelerator fault (an illegal address or a device-side
-assert poisons the CUDA context, so every later batch would fail): the orchestrator restarts the
-pod. `/readyz` is 200 only when every task is warmed, the device is healthy and no drain runs.
+`/healthz` is liveness: 200 while the models load and warm (a long start is no fault), 503 after a
+failed start-up or a sticky accelerator fault (an illegal address or a device-side assert poisons
+the CUDA context, so every later batch would fail): the orchestrator restarts the pod. `/readyz` is
+200 only when every task is warmed, the device is healthy and no drain runs; its 503 body says what
+the service is doing instead.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.tasks import TASKS
-from service.dependencies import State
+from service.http.dependencies import State
 from service.imaging.formats import ALLOWED_FORMATS, OUTPUT_FORMATS
 from service.state import ServiceState, TaskRuntime
 
@@ -34,19 +36,24 @@ def read_route(target: Any, path: str, **kwargs: Any) -> Callable[[Callable[...,
     return register
 
 
-@read_route(router, "/healthz", summary="the process is alive (503 after a sticky device fault)")
+@read_route(router, "/healthz", summary="the process is alive, also while starting (503 after a fault)")
 async def healthz(state: State) -> JSONResponse:
     if state.device_error is not None:
         return JSONResponse({"status": "device_failed", "error": state.device_error}, status_code=503)
+    if state.startup_failed:
+        return JSONResponse({"status": "failed", "error": state.startup.error}, status_code=503)
     return JSONResponse({"status": "ok"})
 
 
 @read_route(router, "/readyz", summary="200 only when every task is warmed and the device healthy (503 otherwise)")
 async def readyz(state: State) -> JSONResponse:
-    if state.ready:
-        return JSONResponse({"status": "ready"})
-    status = "device_failed" if state.device_error else "draining" if state.draining else "warming"
-    return JSONResponse({"status": status}, status_code=503, headers={"Retry-After": "1"})
+    """503 bodies say why: `loading` (with the start-up step running, e.g. "loading task 2 of 3 (sr-x4) >
+    choosing the fastest of 4 ways to run sr-x4 > timing onnxruntime-fp32 (3 of 4)"), `warming`, `failed`,
+    `draining`, `device_failed`."""
+    body = state.readiness()
+    if body["status"] == "ready":
+        return JSONResponse(body)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": str(state.settings.retry_after_s)})
 
 
 def task_description(rt: TaskRuntime) -> str:

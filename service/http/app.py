@@ -1,9 +1,12 @@
 """`create_app(settings)`: the FastAPI application, built from settings with no global state.
 
-The lifespan loads the models (unless the caller already did, as `python -m service` does to
-report start-up faults in one line before binding the port), starts one batcher per task, warms
-every task in the background (`/readyz` turns 200 afterwards), and on shutdown drains: new
-requests are refused while queued and running ones finish, within `DIFFIR_DRAIN_SECONDS`.
+The lifespan returns at once, so the port opens within seconds: the models load (unless the
+caller passed them), `auto` tunes and every task warms in the background (`ServiceState.boot`).
+Meanwhile `/healthz` is 200, `/readyz` is 503 with what is happening (`service.startup`) and
+`POST /restore/*` is 503 `not_ready` with `Retry-After`. A start-up that fails calls
+`on_startup_failure` (`python -m service` exits non-zero) and turns `/healthz` 503. On shutdown the
+service drains: new requests are refused while queued and running ones finish, within
+`DIFFIR_DRAIN_SECONDS`.
 
 `/docs` (Swagger UI) loads its scripts and styles from this server (the assets ship in the
 `fastapi-offline` package), so it works on an air-gapped cluster. Cross-origin browser calls are
@@ -17,7 +20,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -27,23 +30,23 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from prometheus_client import CollectorRegistry
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import routes
 from service.errors import ServiceError
+from service.http import routes
+from service.http.restore import error_response
+from service.http.restore import router as restore_router
 from service.logs import configure_logging, log_event
 from service.metrics import Metrics
-from service.restore import error_response
-from service.restore import router as restore_router
 from service.runtime.base import Backend
 from service.settings import Settings
-from service.state import ServiceState, load_backends
+from service.state import ServiceState
 
-WEB_DIR = Path(__file__).resolve().parent / "web" / "static"
+WEB_DIR = Path(__file__).resolve().parents[1] / "web" / "static"
 _GOOD_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # Probes and scrapes arrive every few seconds: their access lines are debug, everything else info.
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -122,6 +125,19 @@ class WebPageHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def allowed_methods(request: Request) -> str:
+    """The `Allow` header of a 405 (RFC 9110): every method some route takes on this path. Starlette names
+    only the first matching route's (GET without its HEAD twin), and the web page's files none."""
+    methods = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Mount):
+            continue  # mounted static files: GET and HEAD, the default below
+        for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+            if route.matches({**request.scope, "method": method})[0] == Match.FULL:
+                methods.add(method)
+    return ", ".join(sorted(methods)) if methods else "GET, HEAD"  # the web page's static files
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     def rid(request: Request) -> str | None:
         return getattr(request.state, "request_id", None)
@@ -141,7 +157,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         if code is None:
             body = {"code": f"http_{exc.status_code}", "message": str(exc.detail), "request_id": rid(request)}
             return JSONResponse(body, status_code=exc.status_code)
-        return error_response(ServiceError(code, str(exc.detail)), rid(request))
+        headers = {"Allow": allowed_methods(request)} if exc.status_code == 405 else {}
+        return error_response(ServiceError(code, str(exc.detail), headers), rid(request))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -154,25 +171,31 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     backends: dict[str, Backend] | None = None,
+    on_startup_failure: Callable[[str], None] | None = None,
 ) -> FastAPI:
-    """Build the app; `backends` (already loaded) skips loading in the lifespan."""
+    """Build the app; `backends` (already loaded) skips loading; `on_startup_failure(error)` is called when
+    loading or warming fails (the app itself stays up, unhealthy, for an orchestrator to restart)."""
     settings = settings or Settings()
     configure_logging(settings.log_level, settings.log_json)
     metrics = Metrics(registry or CollectorRegistry())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loaded = backends if backends is not None else await run_in_threadpool(load_backends, settings)
-        state = ServiceState(settings, metrics, loaded)
+        state = ServiceState(settings, metrics, backends)
         app.state.service = state
         state.start()
-        warm = asyncio.create_task(state.warm_up())
+
+        async def boot() -> None:
+            if not await state.boot() and on_startup_failure is not None:
+                on_startup_failure(state.startup.error or "start-up failed")
+
+        warm = asyncio.create_task(boot())
         metrics_server = None
         if settings.metrics_port:
             from prometheus_client import start_http_server
 
             metrics_server, _ = start_http_server(settings.metrics_port, addr=settings.host, registry=metrics.registry)
-        log_event("started", tasks=list(state.tasks), metrics_port=settings.metrics_port)
+        log_event("started", metrics_port=settings.metrics_port)
         try:
             yield
         finally:
@@ -195,6 +218,7 @@ def create_app(
         redirect_slashes=False,  # a 307 would build its Location from the client's Host header
     )
     app.state.settings = settings
+    app.state.metrics = metrics  # the connection layer counts its refusals here too (`service.http.server`)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -1,47 +1,42 @@
 """`POST /restore/{task}`: the HTTP face of `service.pipeline` (auth, body, disconnects, accounting).
 
-Order: API key (401) -> task (404) -> strict query values (422) -> body under its caps, timeouts
-and the shared upload budget -> `pipeline.restore`, raced against the client's disconnect. Every
-outcome, including FastAPI's own validation errors, is counted once in
-`diffir_requests_total{task,code}` and answered with `X-Request-ID`; bad input and overload get
-the precise codes of `service.errors`. A client that leaves (mid-upload, queued, or while its tiles
-run) is a 499 counted once as `diffir_rejected_total{reason="disconnected"}`, and its work is
-dropped; only a model failure is a 500.
+Order: API key (401) -> task (404) -> query values and timeout header, by the rules of
+`service.params` that the CLI applies too (422) -> body under its caps, timeouts and the shared
+upload budget -> `pipeline.restore`, raced against the client's disconnect. Every outcome, including
+FastAPI's own validation errors, is counted once in `diffir_requests_total{task,code}` and answered
+with `X-Request-ID`; bad input and overload get the precise codes of `service.errors`. Every refusal
+(each 4xx, 503 `busy`/`queue_full`/`draining`, 504) is also counted once in `diffir_rejected_total`:
+here, unless the batcher that refused it counted it (`ServiceError.counted`). A client that leaves
+(mid-upload, queued, or while its tiles run) is a 499 counted as `reason="disconnected"`, and its work
+is dropped; only a model failure is a 500.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 
-from service.auth import check_api_key
-from service.bodies import BodyLimits, ClientGone, Upload, read_body, split_body
-from service.dependencies import State, get_state
 from service.errors import ServiceError, error_response
+from service.http.auth import check_api_key
+from service.http.bodies import BodyLimits, ClientGone, Upload, read_body, split_body
+from service.http.dependencies import State, get_state
 from service.logs import log_event
 from service.metrics import UNKNOWN_TASK
+from service.params import NAMES, TIMEOUT_HEADER, RestoreParams, openapi_parameters, parse_params
 from service.pipeline import RestoreRequest, RestoreResult, task_runtime
 from service.pipeline import restore as run_pipeline
 from service.state import ServiceState
 
-MAX_SEED = 2**63 - 1
-_DIGITS = re.compile(r"^[0-9]{1,19}$")
-TIMEOUT_HEADER = "X-Request-Timeout"
-MAX_TIMEOUT_S = 86400.0
-MIN_TIMEOUT_S = 0.01
-"""A client deadline shorter than 10 ms cannot be met by any restoration (decoding alone takes longer):
-such a value is a malformed request (422), not a deadline to miss (504)."""
-SELF_COUNTED = ("queue_full", "draining", "deadline_exceeded")
-"""Codes the batchers/budget already counted in `diffir_rejected_total` (never count twice)."""
+REFUSALS = {"busy": "busy", "draining": "draining", "queue_full": "queue_full", "deadline_exceeded": "deadline"}
+"""The 5xx answers that are refusals, with their `diffir_rejected_total` reason (a 4xx's reason is its code)."""
 
 REQUEST_BODY = {
     "required": True,
@@ -103,9 +98,14 @@ class _Accounting:
 
 
 def _rejection(err: ServiceError) -> str | None:
-    if err.status >= 500 or err.code in SELF_COUNTED:
+    """The `diffir_rejected_total` reason of a refusal not counted yet (None for failures and counted ones)."""
+    if err.counted:
         return None
-    return "disconnected" if err.code == "client_closed_request" else err.code
+    if err.code == "client_closed_request":
+        return "disconnected"
+    if err.status < 500:
+        return err.code
+    return REFUSALS.get(err.code)
 
 
 class CountedRoute(APIRoute):
@@ -141,40 +141,20 @@ router = APIRouter(route_class=CountedRoute)
 
 
 def _check_access(request: Request, state: ServiceState, task: str) -> None:
-    """401 before anything else, then 404 for an unknown task."""
+    """401 before anything else, then 503 while the models load, then 404 for an unknown task."""
     s = state.settings
     check_api_key(request, s.api_key.get_secret_value() if s.api_key else None)
+    if not state.loaded:  # the port opens before the models are loaded
+        doing = state.startup.snapshot().get("message") or state.startup.phase
+        raise ServiceError("not_ready", f"the service is starting ({doing})", {"Retry-After": str(s.retry_after_s)})
     if task not in state.tasks:
         raise ServiceError("unknown_task", f"unknown task {task!r}; configured: {', '.join(state.tasks)}")
 
 
-def _strict_integers(request: Request) -> None:
-    """`seed=1.0`, `+5`, `1_000` would pass int parsing: only plain decimal digits are accepted."""
-    for name in ("seed", "quality"):
-        for value in request.query_params.getlist(name):
-            if not _DIGITS.match(value):
-                raise ServiceError("bad_parameter", f"{name}: {value[:40]!r} is not a plain decimal integer")
-
-
-def _client_timeout(request: Request, query: float | None) -> float | None:
-    """The client's deadline: the `timeout` query value, else the `X-Request-Timeout` header (seconds,
-    like the deadlines of the serving engines clients come from); 422 for anything but a number of seconds
-    in [MIN_TIMEOUT_S, MAX_TIMEOUT_S]."""
-    if query is not None:
-        return query
-    raw = request.headers.get(TIMEOUT_HEADER)
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not (MIN_TIMEOUT_S <= value <= MAX_TIMEOUT_S):  # also refuses nan and inf
-        raise ServiceError(
-            "bad_parameter",
-            f"{TIMEOUT_HEADER}: {raw[:40]!r} is not a number of seconds in [{MIN_TIMEOUT_S:g}, {MAX_TIMEOUT_S:g}]",
-        )
-    return value
+def _params(request: Request) -> RestoreParams:
+    """The query parameters and the timeout header, by `service.params` (the CLI's rules too): 422 `bad_parameter`."""
+    given = {name: request.query_params.getlist(name) for name in NAMES if name in request.query_params}
+    return parse_params(given, request.headers.get(TIMEOUT_HEADER))
 
 
 async def _until_disconnect(request: Request, work: Coroutine[Any, Any, RestoreResult]) -> RestoreResult:
@@ -203,39 +183,27 @@ async def _until_disconnect(request: Request, work: Coroutine[Any, Any, RestoreR
 
 
 @router.post(
-    "/restore/{task}", openapi_extra={"requestBody": REQUEST_BODY}, responses=RESPONSES, response_class=Response
+    "/restore/{task}",
+    openapi_extra={"requestBody": REQUEST_BODY, "parameters": openapi_parameters()},
+    responses=RESPONSES,
+    response_class=Response,
 )
-async def restore(
-    request: Request,
-    state: State,
-    task: str,
-    seed: Annotated[int, Query(ge=0, le=MAX_SEED, description="noise seed; same input + seed -> same bytes")] = 0,
-    format: Annotated[Literal["png", "jpeg", "webp"] | None, Query(description="output format")] = None,
-    quality: Annotated[int | None, Query(ge=1, le=100, description="JPEG/WebP quality")] = None,
-    timeout: Annotated[
-        float | None,
-        Query(
-            ge=MIN_TIMEOUT_S,
-            le=MAX_TIMEOUT_S,
-            description="seconds this request may take (also the `X-Request-Timeout` header); the server's "
-            "deadline caps it; 504 `deadline_exceeded` past it",
-        ),
-    ] = None,
-) -> Response:
+async def restore(request: Request, state: State, task: str) -> Response:
     request_id: str = request.state.request_id
     books = _Accounting(request, state, task)
     s = state.settings
     upload = Upload(state.uploads)
     try:
         _check_access(request, state, task)
-        _strict_integers(request)
+        params = _params(request)
         rt = task_runtime(state, task)
         limits = BodyLimits(s.max_body_bytes, s.body_timeout_s, s.body_idle_timeout_s, s.retry_after_s)
         body = await read_body(request, limits, upload)
         image, mask = await split_body(request.headers, body, rt.engine.info.needs_mask)
         del body
-        timeout_s = _client_timeout(request, timeout)
-        req = RestoreRequest(task, image, mask, seed, format, quality, request_id, upload.release, timeout_s)
+        req = RestoreRequest(
+            task, image, mask, params.seed, params.format, params.quality, request_id, upload.release, params.timeout_s
+        )
         del image, mask
         result = await _until_disconnect(request, run_pipeline(state, req))
     except ServiceError as err:

@@ -2,10 +2,11 @@
 
 The engine owns the task-specific tensor plumbing so the batcher stays generic: the inpainting
 input and composite (defined once in `models.inpainting`), padding to the shape bucket and
-cropping back, the per-request seed rule (one noise row per request, concatenated, so a result
-never depends on what else was in its batch), the tiled restoration of large inputs as separate
+cropping back, the per-request seed rule (one noise row per request, concatenated; see the README
+for what else a result's bytes may depend on), the tiled restoration of large inputs as separate
 units (`start_tiled`, `step_tiled`, `finish_tiled`: the service runs other batches between them),
-and the refusal of non-finite model outputs (`faults.NonFiniteOutput`: never encoded as an image).
+and the refusal of non-finite model outputs (`faults.NonFiniteOutput`: never encoded as an image,
+and failing only the job whose output it is).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import torch.nn.functional as F
 from models.diffir import noise_for_seed
 from models.inpainting import composite, network_input
 from models.sizing import pad_bottom_right, padded_size
-from service.faults import NonFiniteOutput
 from service.runtime.base import Backend
-from service.tiling import TiledRestoration, TilingCancelled, geometry
+from service.scheduling.cost import Work
+from service.scheduling.faults import NonFiniteOutput
+from service.scheduling.tiling import TiledRestoration, TilingCancelled, geometry
 
 
 @dataclass
@@ -61,12 +63,20 @@ class Engine:
         self.limits = limits
 
     # --- batching keys ----------------------------------------------------------------------
+    def work(self, h: int, w: int) -> Work:
+        """What an h x w input costs this model (padded area times scale squared: `cost.Work`)."""
+        return Work(h, w, self.info.size_multiple, self.info.scale)
+
+    def cost(self, job: Job) -> int:
+        """The batchers' measure of a job (batch and queue caps): its `Work.cost`."""
+        return self.work(*job.size).cost
+
     def tiled(self, job: Job) -> bool:
         return self.tiles(*job.size)
 
     def tiles(self, h: int, w: int) -> bool:
-        """The one place that decides: inputs above the threshold are restored tile by tile."""
-        return self.backend.supports_tiling and h * w > self.limits.tile_threshold_pixels
+        """The one place that decides: inputs costing over the threshold are restored tile by tile."""
+        return self.backend.supports_tiling and self.work(h, w).cost > self.limits.tile_threshold_pixels
 
     def bucket(self, job: Job) -> Any:
         """Requests with equal keys run in one batch: the padded (H, W); tiled jobs run alone."""
@@ -88,14 +98,21 @@ class Engine:
     def noise(self, jobs: list[Job]) -> torch.Tensor:
         return torch.cat([noise_for_seed(j.seed, 1, self.info.ipr_dim) for j in jobs])
 
-    def run_batch(self, jobs: list[Job]) -> list[torch.Tensor]:
-        """Restore jobs of one bucket; returns one (1, 3, h*s, w*s) tensor per job, same order."""
+    def run_batch(self, jobs: list[Job]) -> list[torch.Tensor | NonFiniteOutput]:
+        """Restore jobs of one bucket; returns one (1, 3, h*s, w*s) tensor per job, same order, or
+        in a job's place the `NonFiniteOutput` that fails that job alone (its companions are fine)."""
         with torch.inference_mode():  # no autograd bookkeeping; in-place post-processing allowed
             if len(jobs) == 1 and self.tiled(jobs[0]):
                 outputs = [self._run_tiled(jobs[0])]
             else:
                 outputs = self._run_padded(jobs)
-            return [self._finish(job, out) for job, out in zip(jobs, outputs)]
+            results: list[torch.Tensor | NonFiniteOutput] = []
+            for job, out in zip(jobs, outputs):
+                try:
+                    results.append(self._finish(job, out))
+                except NonFiniteOutput as exc:
+                    results.append(exc)
+            return results
 
     def _run_padded(self, jobs: list[Job]) -> list[torch.Tensor]:
         keys = {self.bucket(j) for j in jobs}
@@ -162,7 +179,7 @@ class Engine:
 
     def _finish(self, job: Job, out: torch.Tensor) -> torch.Tensor:
         if not bool(torch.isfinite(out).all()):
-            raise NonFiniteOutput("the model returned non-finite values (NaN or inf) for this batch")
+            raise NonFiniteOutput("the model returned non-finite values (NaN or inf) for this image")
         out = out.clamp_(0, 1)
         if self.info.needs_mask:
             assert job.mask is not None
@@ -182,4 +199,6 @@ class Engine:
                 )
                 for i in range(b)
             ]
-            self.run_batch(jobs)
+            for result in self.run_batch(jobs):
+                if isinstance(result, Exception):
+                    raise result

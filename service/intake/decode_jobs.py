@@ -1,7 +1,8 @@
 """The work a decode worker process does (imported once by the fork server: no torch, no app).
 
 Header checks run first (again) so a worker never trusts its caller; the mask is thresholded here,
-so only one byte per pixel travels back for it.
+so only one byte per pixel travels back for it. `header` reads the header of an upload whose header
+lies beyond the prefix admission may parse (`service.intake.headers`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import png  # noqa: F401  (pypng and tifffile: imported once in the fork server,
 import tifffile  # noqa: F401
 from PIL import Image
 
-from service.imaging.decode import DecodeLimits, RawPixels, check_mask_size, decode_pixels, mask_holes
+from service.imaging.decode import DecodeLimits, RawPixels, check_mask_size, decode_pixels, mask_holes, read_header
 
 
 def decode_upload(
@@ -26,5 +27,5 @@ def decode_upload(
     return pixels, holes
 
 
-JOBS = {"upload": decode_upload}
+JOBS = {"upload": decode_upload, "header": read_header}
 Image.init()  # every Pillow plugin registered before the fork: a worker's first file opens as fast as its last

@@ -6,7 +6,9 @@ future. A single loop forms batches: it serves the bucket that holds the oldest 
 and closes the batch when `max_batch_size` requests of that bucket wait, their total cost (pixels)
 reaches `max_batch_cost`, or `max_wait` has passed since the oldest arrived. Before a batch
 reaches the model, requests whose deadline passed or whose client went away are dropped. An
-exception in a batch fails exactly that batch's futures; the number of outputs is checked.
+exception in a batch fails exactly that batch's futures; the number of outputs is checked; an
+exception returned in place of one output fails that request alone (one bad image, e.g. a
+non-finite model output, never fails its companions).
 Batches run one after another, so while the model is busy the next batch fills up by itself.
 """
 
@@ -152,6 +154,7 @@ class Batcher(Generic[I, O]):
         for bucket in self._buckets.values():
             for entry in bucket:
                 if not entry.future.done():
+                    self.hooks.rejected("draining")
                     entry.future.set_exception(Draining("shut down before this request ran"))
         self._buckets.clear()
         self._count = 0
@@ -243,6 +246,7 @@ class Batcher(Generic[I, O]):
         except asyncio.CancelledError:
             for e in batch:
                 if not e.future.done():
+                    self.hooks.rejected("draining")
                     e.future.set_exception(Draining("shut down while this request ran"))
             raise
         except Exception as exc:  # one failed batch fails its own requests and nothing else
@@ -254,7 +258,11 @@ class Batcher(Generic[I, O]):
             self.running = 0
         self.hooks.batch(len(batch), self._clock() - start, waits)
         for e, out, wait in zip(batch, outputs, waits):
-            if not e.future.done():
+            if e.future.done():
+                continue
+            if isinstance(out, BaseException):  # this request's own failure
+                e.future.set_exception(out)
+            else:
                 e.future.set_result((out, wait))
 
 

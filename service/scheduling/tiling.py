@@ -6,6 +6,8 @@ every tile is restored under the same prior. The DIRformer itself is local excep
 channel ("transposed") attention, whose statistics are pooled over the tile instead of the
 image; overlapping tiles blended with linear ramps hide the small differences that causes, so
 no seams appear. Memory is bounded by one tile's activations plus the float32 output and weight accumulators.
+A strip thinner than a tile is cut along its long side into pieces of a square tile's area
+(`models.sizing.tile_shape`), so its tiles cost what a square image's do.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Protocol
 
 import torch
 
-from models.sizing import pad_to_multiple
+from models.sizing import pad_to_multiple, tile_shape
 
 RestoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -120,8 +122,9 @@ class TiledRestoration:
         _, _, h, w = lq.shape
         self.lq, self.prior, self.restore, self.g = lq, prior, restore, geometry
         s = geometry.scale
-        self.rows = tile_starts(h, geometry.tile, geometry.overlap)
-        self.cols = tile_starts(w, geometry.tile, geometry.overlap)
+        self.tile_rows, self.tile_cols = tile_shape(h, w, geometry.tile, geometry.multiple)  # strips: long pieces
+        self.rows = tile_starts(h, self.tile_rows, geometry.overlap)
+        self.cols = tile_starts(w, self.tile_cols, geometry.overlap)
         self.out = torch.zeros((1, 3, h * s, w * s))
         self.row_sum, self.col_sum = torch.zeros(h * s), torch.zeros(w * s)
         for i, top in enumerate(self.rows):
@@ -141,7 +144,7 @@ class TiledRestoration:
 
     def _extent(self, index: int, vertical: bool) -> int:
         starts, size = (self.rows, self.lq.shape[-2]) if vertical else (self.cols, self.lq.shape[-1])
-        return min(self.g.tile, size - starts[index])
+        return min(self.tile_rows if vertical else self.tile_cols, size - starts[index])
 
     def _ramp(self, index: int, vertical: bool) -> torch.Tensor:
         count = len(self.rows if vertical else self.cols)
