@@ -37,7 +37,8 @@ lint: $(STAMP)
 system-deps:
 	bash scripts/system-deps.sh
 
-test: $(STAMP) system-deps
+# Tests that need Chromium, Prometheus or nginx skip (naming what is missing) unless `make system-deps` installed them.
+test: $(STAMP)
 	$(MAKE) lint
 	$(PY) -m pytest -q --durations=25
 
@@ -49,6 +50,19 @@ bench: $(STAMP)
 	$(PY) -m bench.inpaint_fill --out bench/results
 	$(PY) -m bench.tile_size models/weights/deblur.safetensors --out bench/results
 	$(PY) -m bench.tile_size models/weights/inpaint.safetensors --out bench/results
+	$(PY) -m bench.strip_cost --out bench/results
+	$(PY) -m bench.non_finite --out bench/results
+	$(PY) -m bench.attacks --out bench/results
+
+# The CPU image and `docker compose up` for real (pytest -m container): installs Debian's docker.io and starts a
+# daemon where there is none, builds base images without Docker Hub; see scripts/container-check.sh.
+# `make bench-container`: build time, image size, cold/warm start -> bench/results/container.{json,md}.
+.PHONY: container-check bench-container
+container-check: $(STAMP)
+	bash scripts/container-check.sh check
+
+bench-container: $(STAMP)
+	bash scripts/container-check.sh bench
 
 serve: $(SERVE_STAMP)
 	$(PY) -m service --host $(HOST) --port $(PORT)
@@ -60,23 +74,40 @@ clean:
 lock: $(STAMP)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash docker/lock.sh
 
-# Reproduce the three shipped default models from ../shared/data/train (issue 4): stage 1 then
+# The training and evaluation images (training/data/sources.json: upstream URLs pinned to a commit, SHA-256,
+# each set's licence) into data/ (git-ignored; DIFFIR_DATA moves it). Resumes an interrupted download, keeps
+# only files with the listed checksum. DATA_MIRROR: a folder or URL laid out like data/ to fetch from instead.
+DATA_MIRROR ?=
+.PHONY: data
+data: $(SERVE_STAMP)
+	$(PY) -m training.data fetch $(if $(DATA_MIRROR),--mirror $(DATA_MIRROR))
+
+# Reproduce the three shipped default models from data/train (fetched by `make data`): stage 1 then
 # stage 2 per task into runs/defaults/<task>/ (re-running resumes), copy the stage-2 checkpoints to
 # models/weights/ and evaluate them against the classic baselines.
 .PHONY: train-defaults
-train-defaults: $(STAMP)
+train-defaults: $(STAMP) data
 	$(PY) -m training.defaults train --parallel
 	$(PY) -m training.defaults ship
 	for t in deblur sr-x4 inpaint; do $(PY) -m training evaluate --task $$t --out runs/defaults/$$t/eval || exit 1; done
 
-# On a lent GPU: continue the three shipped models in ~8 minutes of device time (bf16, 256 px x 32),
-# checkpoints under $(GPU_OUT) (on a device machine: $$OUT, which comes back). GPU_DATA: a copy of the
-# shared data folder (train/ + tasks/deblur/kernels/) when ../shared is not there. `--dry-run` is in make test.
+# A lent GPU machine (Python 3.12, CUDA torch, no network, 64 MiB of tree + carry): `make gpu-visit-prep`
+# here computes the carried wheels (wheels/py312, bench/gpu_wheels.py) and copies a training subset of
+# $(GPU_DATA) into gpu-data/ (both ignored by git), then prints the tree + carry size; the device call is
+# `bash bench/gpu_visit.sh` carrying both folders (the check, then the training recipe, in ~9 minutes).
+# `make train-gpu` is the recipe alone, run with the machine's own python3: no venv, no network.
 GPU_OUT ?= $(if $(OUT),$(OUT),runs/gpu)
-GPU_DATA ?=
-.PHONY: train-gpu
-train-gpu: $(STAMP)
-	$(PY) -m training.gpu_recipe --out $(GPU_OUT) --minutes 8 $(if $(GPU_DATA),--data-root $(GPU_DATA))
+GPU_DATA ?= $(or $(DIFFIR_DATA),data)
+GPU_MINUTES ?= 2.5
+.PHONY: train-gpu gpu-visit-prep
+gpu-visit-prep: $(STAMP)
+	$(PY) -m bench.gpu_wheels fetch --python 3.12 --dest wheels/py312
+	mib=$$(PYTHON=$(PY) bash bench/gpu_visit.sh --room) && \
+	  $(PY) -m training.gpu_recipe subset --data-root $(GPU_DATA) --dest gpu-data --max-mib $$mib
+	PYTHON=$(PY) bash bench/gpu_visit.sh --size-only
+
+train-gpu:
+	PYTHONPATH=$(CURDIR) $(PYTHON) -m training.gpu_recipe train --out $(GPU_OUT) --data-root gpu-data --minutes $(GPU_MINUTES)
 
 # Serving images, tagged as k8s/ deploys them: $(IMAGE):$(VERSION)-cuda (k8s/base) and -cpu (k8s/overlays/cpu).
 # `make image` builds both (Docker with BuildKit), `make image-push` also pushes them (.github/workflows/release.yml

@@ -194,8 +194,8 @@ def bench_official_preset(side: int, reps: int, cache: Path, threads: int, peak:
 
 def bench_large(side: int, tiles: list[int], cache: Path, threads: int, labels: list[str]) -> list[dict]:
     """One `side`² deblur through the engine (tiles, global IPR) per backend and tile size, round-robin."""
-    from service.engine import Engine, EngineLimits, Job
     from service.runtime.loader import tuning_input
+    from service.scheduling.engine import Engine, EngineLimits, Job
 
     checkpoint = TASKS["deblur"].default_checkpoint_path()
     assert checkpoint is not None

@@ -1,9 +1,9 @@
 """What the tile edge costs and buys: quality and speed of the service's tiled restoration per tile size.
 
 `python -m bench.tile_size CHECKPOINT [--tiles 256 384 512] [--precision fp32] [--reps 3] [--side 2048]
-[--threads 2] [--data ../shared/data] [--out bench/results]`; CHECKPOINT is a deblurring or an inpainting one.
+[--threads 2] [--data data] [--out bench/results]`; CHECKPOINT is a deblurring or an inpainting one.
 
-Large inputs are restored tile by tile under one whole-image IPR (`service.tiling`). A tile pools the
+Large inputs are restored tile by tile under one whole-image IPR (`service.scheduling.tiling`). A tile pools the
 channel attention's statistics over less of the image, so a smaller tile could restore worse, while on
 a CPU it runs faster per pixel (its activations stay in cache). Both sides, measured through the
 service's own `Engine` with its default overlap:
@@ -34,9 +34,10 @@ import torch
 import torch.nn.functional as F
 
 from bench.speed import _commit, _jsonable
-from service.engine import Engine, EngineLimits, Job
 from service.runtime.torch_backend import TorchBackend
+from service.scheduling.engine import Engine, EngineLimits, Job
 from service.settings import Settings
+from training.data import DATA_ROOT
 from training.evaluate import Case, deblur_cases, inpaint_cases
 from training.metrics import psnr
 
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--side", type=int, default=2048, help="edge of the timed deblurring input; 0: no timing")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--data", type=Path, default=DATA_ROOT, help="the data root (`make data` fills it)")
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
