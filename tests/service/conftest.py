@@ -7,6 +7,7 @@ whole service test folder stays fast on a busy 2-core machine.
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -201,6 +202,33 @@ class GatedBackend:
 
     def restore(self, lq: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
         return self.inner.restore(lq, ipr)
+
+
+class SpyGate(GatedBackend):
+    """A gated backend that records the batch size of every model call."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.batch_sizes: list[int] = []
+
+    def run(self, lq, noise):
+        self.batch_sizes.append(int(lq.shape[0]))
+        return super().run(lq, noise)
+
+
+class LogRecords(logging.Handler):
+    """Keeps every log record it is given (attach it to the service's logger)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def events(self, message: str) -> list[dict]:
+        """The structured fields of every record whose message is `message`."""
+        return [dict(r.fields) for r in self.records if r.getMessage() == message]  # type: ignore[attr-defined]
 
 
 def identity_backends() -> dict[str, IdentityBackend]:

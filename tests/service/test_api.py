@@ -17,6 +17,7 @@ from service.runtime.torch_backend import TorchBackend
 from tests.service.conftest import (
     GatedBackend,
     LiveApp,
+    SpyGate,
     decode,
     encode,
     gradient,
@@ -79,18 +80,6 @@ async def test_inpaint_keeps_known_pixels_exactly(live: LiveApp) -> None:
     assert r.status_code == 200, r.text
     out, ref, holes = np.asarray(decode(r.content)), np.asarray(src), np.asarray(mask) > 127
     assert np.array_equal(out[~holes], ref[~holes])  # official composite: outside the hole is the input
-
-
-class SpyGate(GatedBackend):
-    """A gated backend that records the batch size of every model call."""
-
-    def __init__(self, inner) -> None:
-        super().__init__(inner)
-        self.batch_sizes: list[int] = []
-
-    def run(self, lq, noise):
-        self.batch_sizes.append(int(lq.shape[0]))
-        return super().run(lq, noise)
 
 
 async def queue_depth(live: LiveApp, task: str = "deblur") -> float:

@@ -22,22 +22,12 @@ from PIL import Image
 from models.tasks import TASKS
 from service.runtime.torch_backend import TorchBackend
 from service.settings import Settings
-from tests.service.conftest import GatedBackend, LiveApp, start_app
+from tests.service.conftest import LiveApp, SpyGate, start_app
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 CPU = torch.device("cpu")
 MAX_LEVELS_OFF = 1
 """README: a batched result differs from its lone one by at most one 8-bit level, in at most 2 pixels."""
-
-
-class Gate(GatedBackend):
-    def __init__(self, inner) -> None:
-        super().__init__(inner)
-        self.batch_sizes: list[int] = []
-
-    def run(self, lq, noise):
-        self.batch_sizes.append(int(lq.shape[0]))
-        return super().run(lq, noise)
 
 
 def png(size: int, seed: int) -> bytes:
@@ -54,7 +44,7 @@ async def depth(live: LiveApp, task: str) -> float:
     return next(float(x.split()[-1]) for x in text.splitlines() if x.startswith(f'diffir_queue_depth{{task="{task}"}}'))
 
 
-async def together(live: LiveApp, gate: Gate, task: str, bodies: list[tuple[int, bytes]]) -> list:
+async def together(live: LiveApp, gate: SpyGate, task: str, bodies: list[tuple[int, bytes]]) -> list:
     """One model call for all `bodies` ((seed, png)): a blocker holds the gate while they queue."""
     gate.release.clear()
     gate.entered.clear()
@@ -91,7 +81,7 @@ async def test_a_result_alone_and_inside_batches_of_2_to_4(task: str, size: int,
     checkpoint = TASKS[task].default_checkpoint_path()
     if checkpoint is None or not checkpoint.is_file():
         pytest.skip(f"the shipped {task} checkpoint is not in models/weights/")
-    gate = Gate(TorchBackend(checkpoint, None, CPU))
+    gate = SpyGate(TorchBackend(checkpoint, None, CPU))
     settings = Settings(warmup_size=0, max_batch_size=4, max_wait_ms=0, tasks={task: {}})
     target = png(size, 1)
     found = []

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from service.logs import LOGGER
-from tests.service.conftest import encode, gradient, identity_backends, make_settings, start_app
+from tests.service.conftest import LogRecords, encode, gradient, identity_backends, make_settings, start_app
 from tests.service.test_server import ROOT, env_for, free_port
 
 pytestmark = pytest.mark.anyio
@@ -103,17 +103,8 @@ async def test_docs_load_every_asset_from_this_server(checkpoints) -> None:
         assert "openapi.json" in (await live.client.get("/docs")).text
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 async def test_health_probes_log_at_debug_other_requests_at_info(checkpoints) -> None:
-    capture = _Records()
+    capture = LogRecords()
     async for live in await _live(checkpoints, log_level="debug"):
         logging.getLogger(LOGGER).addHandler(capture)
         try:

@@ -21,26 +21,14 @@ from service.errors import StartupError
 from service.logs import LOGGER
 from service.runtime.threads import choose_threads, cpu_quota
 from service.startup import StartupProgress, reporting, step
-from tests.service.conftest import encode, gradient, make_settings
+from tests.service.conftest import LogRecords, encode, gradient, make_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-class _Records(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def events(self, message: str) -> list[dict]:
-        return [dict(r.fields) for r in self.records if r.getMessage() == message]  # type: ignore[attr-defined]
-
-
 @pytest.fixture
 def records():
-    capture, logger = _Records(), logging.getLogger(LOGGER)
+    capture, logger = LogRecords(), logging.getLogger(LOGGER)
     level = logger.level
     logger.addHandler(capture)
     logger.setLevel(logging.DEBUG)
