@@ -8,6 +8,7 @@ import logging
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -122,16 +123,23 @@ def test_every_server_log_line_is_json_uvicorn_included(checkpoints) -> None:
     port = free_port()
     env = env_for({"deblur": checkpoints["deblur"]})
     cmd = [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port)]
-    # stderr the only pipe: communicate() then reads it through the same buffered file the loop below
-    # iterates, so lines already read ahead into that buffer are not lost
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # one thread reads stderr from start to end: the pipe never fills while the test polls, and no line is lost
+    # (communicate(timeout=...) reads the raw descriptor, skipping what a loop here had buffered ahead)
     lines: list[str] = []
-    try:
+    started = threading.Event()
+
+    def read_stderr() -> None:
         assert proc.stderr is not None
-        for line in proc.stderr:  # gated on the log line itself, not on a sleep
+        for line in proc.stderr:
             lines.append(line)
             if "Application startup complete" in line:
-                break
+                started.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        assert started.wait(timeout=120), "".join(lines)  # gated on the log line itself, not on a sleep
         ready = False
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
             for _ in range(600):  # bounded: at most 60 s of probes while the models warm up
@@ -143,8 +151,8 @@ def test_every_server_log_line_is_json_uvicorn_included(checkpoints) -> None:
         assert httpx.get(f"http://127.0.0.1:{port}/tasks", timeout=5).status_code == 200
     finally:
         proc.terminate()
-        _, err = proc.communicate(timeout=60)
-    lines += err.splitlines()
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
     entries = [json.loads(line) for line in lines if line.strip()]  # raises on any plain-text line
     loggers = {e["logger"] for e in entries}
     assert {"uvicorn.error", "diffir"} <= loggers, loggers
