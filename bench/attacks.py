@@ -8,8 +8,8 @@ the server's resident memory (RSS) before, at its peak during and 1 s after, and
 restore requests that one client sends back to back beside it, against their latency alone.
 
 * **image floods** (32 MB uploads, the body cap): a JPEG of 8 million empty APP0 segments, a JPEG of 16
-  million restart markers, a PNG of 2.7 million empty private chunks, a WebP of 4 million empty chunks
-  (`tests.reliability.floods`);
+  million restart markers, a PNG of 2.7 million empty private chunks, a WebP of 4 million empty chunks, a
+  TIFF of 4 million one-row strips over 16 x 16 pixels (`tests.reliability.floods`);
 * **header floods**: 6 million `a:b` header fields (30 MB), one 100 MB header field;
 * **connection flood**: 3000 connections opened as fast as the client can.
 
@@ -32,7 +32,13 @@ import httpx
 import psutil
 
 from service.devserver import LiveServer, server_env
-from tests.reliability.floods import jpeg_app0_flood, jpeg_restart_flood, png_chunk_flood, webp_chunk_flood
+from tests.reliability.floods import (
+    jpeg_app0_flood,
+    jpeg_restart_flood,
+    png_chunk_flood,
+    tiff_strip_flood,
+    webp_chunk_flood,
+)
 from tests.service.conftest import encode, gradient
 
 BODY_BYTES = 32 * 1024 * 1024 - 4096
@@ -204,6 +210,7 @@ def main() -> None:
             "JPEG, 16 million restart markers (32 MB)": (jpeg_restart_flood, "image/jpeg"),
             "PNG, 2.7 million empty private chunks (32 MB)": (png_chunk_flood, "image/png"),
             "WebP, 4 million empty chunks (32 MB)": (webp_chunk_flood, "image/webp"),
+            "TIFF, 4 million one-row strips over 16 x 16 pixels (32 MB)": (tiff_strip_flood, "image/tiff"),
         }
         rows = []
         for name, (make, media) in floods.items():

@@ -10,6 +10,8 @@ segment or chunk pays for all of them while the pixels stay tiny. Used by the te
 - `png_idat_flood`: empty IDAT chunks before the real one (admission reads only up to the first IDAT,
   so this one is found by the decode worker's walk of the whole file).
 - `webp_chunk_flood`: empty unknown RIFF chunks (8 bytes each) after the bitstream of an extended WebP.
+- `tiff_strip_flood`: a 16 x 16 TIFF stored one row per strip that declares far more strips than rows
+  (8 bytes each: an offset and a byte count); the extra ones repeat the first row, which Pillow decodes.
 """
 
 from __future__ import annotations
@@ -74,3 +76,34 @@ def webp_chunk_flood(size: int) -> bytes:
     count = max(0, (size - len(simple) - 18) // 8)
     body = b"WEBP" + vp8x + bitstream + b"XYZW\x00\x00\x00\x00" * count
     return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def tiff_strip_flood(size: int) -> bytes:
+    """A 16x16 RGB TIFF of one-row strips, padded with extra strips to about `size` bytes in all."""
+    side = 16
+    rows = np.random.default_rng(0).integers(0, 256, (side, side * 3), dtype=np.uint8)
+    strips = max(side, (size - 200 - rows.size) // 8)
+    # (tag, type, count, inline value or the bytes stored after the table); types: 3 SHORT, 4 LONG
+    fixed = [
+        (256, 3, 1, side), (257, 3, 1, side), (258, 3, 3, struct.pack("<3H", 8, 8, 8)), (259, 3, 1, 1),
+        (262, 3, 1, 2), (273, 4, strips, None), (277, 3, 1, 3), (278, 3, 1, 1), (279, 4, strips, None),
+    ]  # fmt: skip
+    table_end = 8 + 2 + 12 * len(fixed) + 4
+    bits_at, pixels_at = table_end, table_end + 6
+    offsets_at = pixels_at + rows.size
+    counts_at = offsets_at + 4 * strips
+    row_offsets = [pixels_at + i * side * 3 for i in range(side)] + [pixels_at] * (strips - side)
+    entries = b""
+    for tag, kind, count, value in fixed:
+        if tag == 258:
+            field = struct.pack("<I", bits_at)
+        elif tag in (273, 279):
+            field = struct.pack("<I", offsets_at if tag == 273 else counts_at)
+        else:
+            field = struct.pack("<HH", value, 0)
+        entries += struct.pack("<HHI", tag, kind, count) + field
+    return (
+        b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", len(fixed)) + entries + struct.pack("<I", 0)
+        + struct.pack("<3H", 8, 8, 8) + rows.tobytes()
+        + struct.pack(f"<{strips}I", *row_offsets) + struct.pack("<I", side * 3) * strips
+    )  # fmt: skip

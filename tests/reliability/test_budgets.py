@@ -18,7 +18,13 @@ import pytest
 from PIL import Image
 
 from service.errors import ServiceError
-from service.imaging.containers import MAX_JPEG_MARKERS, MAX_PNG_ANCILLARY, MAX_WEBP_CHUNKS, check_container
+from service.imaging.containers import (
+    MAX_JPEG_MARKERS,
+    MAX_PNG_ANCILLARY,
+    MAX_TIFF_BLOCKS,
+    MAX_WEBP_CHUNKS,
+    check_container,
+)
 from service.imaging.decode import DecodeLimits
 from service.intake.headers import PREFIX_BYTES, prefix_header
 from service.settings import Settings
@@ -27,6 +33,7 @@ from tests.reliability.floods import (
     jpeg_restart_flood,
     png_chunk_flood,
     png_idat_flood,
+    tiff_strip_flood,
     webp_chunk_flood,
 )
 from tests.reliability.test_request_path import assert_error, sample
@@ -39,6 +46,7 @@ FLOODS = {
     "png-chunks": (png_chunk_flood, "image/png"),
     "png-idat": (png_idat_flood, "image/png"),
     "webp-chunks": (webp_chunk_flood, "image/webp"),
+    "tiff-strips": (tiff_strip_flood, "image/tiff"),
 }
 FLOOD_BYTES = 2_000_000
 
@@ -66,6 +74,8 @@ def test_each_flood_is_a_valid_image_that_the_caps_refuse(name: str) -> None:
 def test_the_caps_sit_far_above_real_files() -> None:
     assert MAX_JPEG_MARKERS >= 1024 and MAX_PNG_ANCILLARY >= 1024 and MAX_WEBP_CHUNKS >= 64
     check_container(jpeg_app0_flood(4 * (MAX_JPEG_MARKERS - 16)), "JPEG")  # just under the cap: accepted
+    assert MAX_TIFF_BLOCKS >= 4096 * 4096 // (16 * 16)  # the pixel cap in the smallest tiles the format allows
+    check_container(tiff_strip_flood(8 * MAX_TIFF_BLOCKS), "TIFF")  # just under the cap (the header's bytes)
 
 
 async def test_floods_are_refused_in_milliseconds_and_the_service_stays_quick() -> None:
