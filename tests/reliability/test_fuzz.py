@@ -7,6 +7,8 @@ so the run stays well under a minute on a busy 2-core machine.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given
@@ -34,11 +36,21 @@ def test_openapi_fuzz(checkpoints) -> None:
     seen: dict[str, set[int]] = {}
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {op.path for op in operations} >= {"/restore/{task}", "/tasks", "/healthz", "/readyz"}
+    _wait_ready(next(op for op in operations if op.path == "/readyz"))
 
     for operation in operations:
         _fuzz(operation, seen)
     assert len(seen) == len(operations)
     record("fuzz", {"examples_per_operation": MAX_EXAMPLES, "statuses": {k: sorted(v) for k, v in seen.items()}})
+
+
+def _wait_ready(readyz) -> None:
+    """The models load behind an open port (restores answer 503 `not_ready` meanwhile): fuzz the ready service.
+    Schemathesis keeps one lifespan per application, so this probe and the fuzzed calls share it."""
+    deadline = time.monotonic() + 60
+    while (status := readyz.Case().call().status_code) != 200:
+        assert status == 503 and time.monotonic() < deadline, f"/readyz {status}, not ready within 60 s"
+        time.sleep(0.05)
 
 
 def _fuzz(operation, seen: dict[str, set[int]]) -> None:
