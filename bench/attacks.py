@@ -31,24 +31,14 @@ from pathlib import Path
 import httpx
 import psutil
 
+from bench.machine import cpu_flags
 from service.devserver import LiveServer, server_env
-from tests.reliability.floods import (
-    jpeg_app0_flood,
-    jpeg_restart_flood,
-    png_chunk_flood,
-    tiff_strip_flood,
-    webp_chunk_flood,
-)
+from tests.reliability.floods import FLOODS
 from tests.service.conftest import encode, gradient
 
 BODY_BYTES = 32 * 1024 * 1024 - 4096
 SMALL = encode(gradient(32, 32))
 MIB = 2**20
-
-
-def cpu_flags() -> str:
-    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
-    return " ".join(sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})) or "none of avx2/avx512/amx"
 
 
 class Sampler(threading.Thread):
@@ -206,11 +196,11 @@ def main() -> None:
             for _ in range(3):  # warm
                 client.post(f"{srv.url}/restore/deblur", content=SMALL, headers={"content-type": "image/png"})
         floods = {
-            "JPEG, 8 million empty APP0 segments (32 MB)": (jpeg_app0_flood, "image/jpeg"),
-            "JPEG, 16 million restart markers (32 MB)": (jpeg_restart_flood, "image/jpeg"),
-            "PNG, 2.7 million empty private chunks (32 MB)": (png_chunk_flood, "image/png"),
-            "WebP, 4 million empty chunks (32 MB)": (webp_chunk_flood, "image/webp"),
-            "TIFF, 4 million one-row strips over 16 x 16 pixels (32 MB)": (tiff_strip_flood, "image/tiff"),
+            "JPEG, 8 million empty APP0 segments (32 MB)": FLOODS["jpeg-app0"],
+            "JPEG, 16 million restart markers (32 MB)": FLOODS["jpeg-restart"],
+            "PNG, 2.7 million empty private chunks (32 MB)": FLOODS["png-chunks"],
+            "WebP, 4 million empty chunks (32 MB)": FLOODS["webp-chunks"],
+            "TIFF, 4 million one-row strips over 16 x 16 pixels (32 MB)": FLOODS["tiff-strips"],
         }
         rows = []
         for name, (make, media) in floods.items():
@@ -222,8 +212,9 @@ def main() -> None:
         rows.append(measure(srv, "one 100 MB header field", lambda: raw_send(srv.port, huge)))
         rows.append(measure(srv, "3000 connections at once", lambda: connection_flood(srv.port)))
         ready = httpx.get(f"{srv.url}/readyz", timeout=10).status_code
+    flags = " ".join(cpu_flags()) or "none of avx2/avx512/amx"
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores (shared), {cpu_flags()}",
+        "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores (shared), {flags}",
         "load_average": [round(x, 1) for x in psutil.getloadavg()],
         "readyz_after": ready,
         "attacks": rows,

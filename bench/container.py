@@ -36,6 +36,7 @@ from bench.container_engine import (
     run_detached,
     watch_start,
 )
+from bench.machine import cpu_flags
 
 log = logging.getLogger("bench.container")
 README_RUN = ["--read-only", "--tmpfs", "/tmp:size=2g,mode=1777"]
@@ -44,11 +45,6 @@ START_LIMIT_S = 900
 FIRST_HEALTHZ_LIMIT_S = 10.0
 LOG_GAP_LIMIT_S = 10.0
 WARM_FRACTION = 1 / 3
-
-
-def cpu_flags() -> list[str]:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return sorted({f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text})
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.machine import cpu_flags
 from models.tasks import TASKS
 from service.runtime.torch_backend import TorchBackend
 from service.settings import Settings
@@ -108,8 +109,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/results"))
     args = parser.parse_args()
     rows = asyncio.run(measure())
-    flags = sorted({f for f in ("avx2", "avx512f", "avx512_bf16") if f" {f}" in Path("/proc/cpuinfo").read_text()})
-    result = {"machine": f"{torch.get_num_threads()} torch threads, flags: {' '.join(flags) or 'none'}", "rows": rows}
+    flags = " ".join(cpu_flags()) or "none"
+    result = {"machine": f"{torch.get_num_threads()} torch threads, flags: {flags}", "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "non_finite.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.machine import cpu_flags
 from service.devserver import ROOT, free_port, server_env
 
 log = logging.getLogger("bench.startup")
@@ -103,14 +104,6 @@ def one_start(env: dict[str, str], timeout_s: float) -> dict[str, float | None]:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 2)
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    return sorted({f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text})
 
 
 def to_markdown(result: dict) -> str:

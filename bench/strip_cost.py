@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench.machine import cpu_flags
+
 log = logging.getLogger("bench.strip_cost")
 
 # task -> [(pixel count, [shapes])]: the square of that count, strips both ways, thin bands.
@@ -140,16 +142,10 @@ def markdown(rows: list[dict], machine: dict) -> str:
 def _machine(skip_refused: bool) -> dict:
     import torch
 
-    flags = set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        flags = {f for f in ("avx2", "avx512f", "avx512_bf16", "amx_tile") if f" {f}" in text}
-    except OSError:
-        pass
     return {
         "cpu": platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(),
-        "flags": " ".join(sorted(flags)) or "none",
+        "flags": " ".join(cpu_flags()) or "none",
         "torch": torch.__version__,
         "skip_refused": skip_refused,
     }

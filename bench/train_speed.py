@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from bench.machine import cpu_flags
 from models.tasks import get_task
 from training.config import TrainConfig, apply_overrides, autocast_dtype, load_config_file
 from training.datasets import PatchSchedule, Phase, UnpairedDataset, make_loader
@@ -124,15 +125,6 @@ def loss_curves(cfg: TrainConfig, steps: int, window: int) -> dict:
         "last_window_diff_sem": statistics.stdev(last) / len(last) ** 0.5 if len(last) > 1 else float("nan"),
         "last_window_fp32_loss_std": statistics.stdev(losses["fp32"][-window:]) if window > 1 else float("nan"),
     }
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "avx_vnni")))
 
 
 def markdown(r: dict) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -107,3 +108,14 @@ def tiff_strip_flood(size: int) -> bytes:
         + struct.pack("<3H", 8, 8, 8) + rows.tobytes()
         + struct.pack(f"<{strips}I", *row_offsets) + struct.pack("<I", side * 3) * strips
     )  # fmt: skip
+
+
+FLOODS: dict[str, tuple[Callable[[int], bytes], str]] = {
+    "jpeg-app0": (jpeg_app0_flood, "image/jpeg"),
+    "jpeg-restart": (jpeg_restart_flood, "image/jpeg"),
+    "png-chunks": (png_chunk_flood, "image/png"),
+    "png-idat": (png_idat_flood, "image/png"),
+    "webp-chunks": (webp_chunk_flood, "image/webp"),
+    "tiff-strips": (tiff_strip_flood, "image/tiff"),
+}
+"""Each flood by name: its generator (bytes in all -> file) and the media type it is uploaded as."""

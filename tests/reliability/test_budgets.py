@@ -28,26 +28,11 @@ from service.imaging.containers import (
 from service.imaging.decode import DecodeLimits
 from service.intake.headers import PREFIX_BYTES, prefix_header
 from service.settings import Settings
-from tests.reliability.floods import (
-    jpeg_app0_flood,
-    jpeg_restart_flood,
-    png_chunk_flood,
-    png_idat_flood,
-    tiff_strip_flood,
-    webp_chunk_flood,
-)
+from tests.reliability.floods import FLOODS, jpeg_app0_flood, tiff_strip_flood
 from tests.reliability.test_request_path import assert_error, sample
 from tests.service.conftest import decode, encode, gradient, identity_backends, start_app
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
-FLOODS = {
-    "jpeg-app0": (jpeg_app0_flood, "image/jpeg"),
-    "jpeg-restart": (jpeg_restart_flood, "image/jpeg"),
-    "png-chunks": (png_chunk_flood, "image/png"),
-    "png-idat": (png_idat_flood, "image/png"),
-    "webp-chunks": (webp_chunk_flood, "image/webp"),
-    "tiff-strips": (tiff_strip_flood, "image/tiff"),
-}
 FLOOD_BYTES = 2_000_000
 
 
